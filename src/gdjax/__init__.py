@@ -1,0 +1,22 @@
+"""gdjax: gradient descent and hand-written backpropagation for MLPs in JAX.
+
+    a^0 = x,  z^l = w^l a^{l-1} + b^l,  a^l = σ(z^l)                 (forward: gdjax.MLP)
+    δ^L = ∇_a C ⊙ σ'(z^L),  δ^l = ((w^{l+1})ᵀ δ^{l+1}) ⊙ σ'(z^l)     (backward: gdjax.backprop)
+    ∂C/∂w^l = δ^l (a^{l-1})ᵀ,  ∂C/∂b^l = δ^l                         (checked against jax.grad)
+"""
+
+from gdjax import activations as activations
+from gdjax import gradcheck as gradcheck
+from gdjax import losses as losses
+from gdjax import scalar as scalar
+from gdjax.activations import Activation as Activation
+from gdjax.backprop import backprop as backprop
+from gdjax.backprop import backprop_with_deltas as backprop_with_deltas
+from gdjax.backprop import check_batch as check_batch
+from gdjax.backprop import deltas as deltas
+from gdjax.backprop import objective as objective
+from gdjax.losses import Loss as Loss
+from gdjax.mlp import MLP as MLP
+from gdjax.mlp import Params as Params
+
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""Activation functions σ and their derivatives σ', each written by hand.
+
+The forward pass of layer l is ``a^l = σ(z^l)``; the backward pass needs
+``σ'(z^l)`` in ``δ^l = ((w^{l+1})ᵀ δ^{l+1}) ⊙ σ'(z^l)``. Every activation here
+carries both, as plain element-wise functions of ``z``. The derivatives are
+written from their formulas, not by differentiating ``fn``; the tests check
+each one against ``jax.grad``.
+
+At a kink (ReLU and leaky ReLU at z = 0) the derivative is the one ``jax.grad``
+gives for the same ``fn``, so the hand backprop and autodiff agree everywhere:
+relu'(0) = 0, leaky_relu'(0) = 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import erfc
+
+__all__ = ["Activation", "get", "names"]
+
+ArrayFn = Callable[[jax.Array], jax.Array]
+
+LEAKY_RELU_SLOPE = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """An element-wise activation σ with its hand-written derivative σ'.
+
+    Attributes:
+      name: the registry name, e.g. ``"sigmoid"``.
+      fn: ``z ↦ σ(z)``.
+      deriv: ``z ↦ σ'(z)``, written by hand.
+
+    Instances are frozen and hashable, so a model holding one can be a static
+    argument of ``jax.jit``. Build your own with ``Activation(name, fn, deriv)``.
+    """
+
+    name: str
+    fn: ArrayFn
+    deriv: ArrayFn
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        return self.fn(z)
+
+
+# σ(z) = 1 / (1 + e^{-z});  σ'(z) = σ(z)(1 − σ(z)).
+def _sigmoid(z):
+    return jax.nn.sigmoid(z)
+
+
+def _sigmoid_deriv(z):
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s)
+
+
+# tanh'(z) = 1 − tanh²(z).
+def _tanh_deriv(z):
+    t = jnp.tanh(z)
+    return 1 - t * t
+
+
+# relu(z) = max(z, 0);  relu'(z) = 1 if z > 0 else 0.
+def _relu(z):
+    return jnp.where(z > 0, z, jnp.zeros_like(z))
+
+
+def _relu_deriv(z):
+    return (z > 0).astype(z.dtype)
+
+
+# leaky_relu(z) = z if z ≥ 0 else s·z;  leaky_relu'(z) = 1 if z ≥ 0 else s  (s = 0.01).
+def _leaky_relu(z):
+    return jnp.where(z >= 0, z, LEAKY_RELU_SLOPE * z)
+
+
+def _leaky_relu_deriv(z):
+    return jnp.where(z >= 0, jnp.ones_like(z), jnp.full_like(z, LEAKY_RELU_SLOPE))
+
+
+# softplus(z) = log(1 + e^z);  softplus'(z) = σ(z).
+def _softplus(z):
+    return jnp.logaddexp(z, 0)
+
+
+# elu(z) = z if z > 0 else e^z − 1;  elu'(z) = 1 if z > 0 else e^z.
+# The negative branch is evaluated at min(z, 0) so a large positive z never
+# produces e^z = inf (whose zero cotangent would otherwise turn into NaN).
+def _elu(z):
+    return jnp.where(z > 0, z, jnp.expm1(jnp.minimum(z, 0)))
+
+
+def _elu_deriv(z):
+    return jnp.where(z > 0, jnp.ones_like(z), jnp.exp(jnp.minimum(z, 0)))
+
+
+# gelu(z) = z·Φ(z) (exact, not the tanh approximation), Φ(z) = ½ erfc(−z/√2);
+# gelu'(z) = Φ(z) + z·φ(z), φ(z) = e^{−z²/2}/√(2π).
+def _std_normal_cdf(z):
+    return 0.5 * erfc(-z / math.sqrt(2.0))
+
+
+def _gelu(z):
+    return z * _std_normal_cdf(z)
+
+
+def _gelu_deriv(z):
+    return _std_normal_cdf(z) + z * jnp.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+# identity(z) = z;  identity'(z) = 1.
+def _identity(z):
+    return z
+
+
+def _identity_deriv(z):
+    return jnp.ones_like(z)
+
+
+sigmoid = Activation("sigmoid", _sigmoid, _sigmoid_deriv)
+tanh = Activation("tanh", jnp.tanh, _tanh_deriv)
+relu = Activation("relu", _relu, _relu_deriv)
+leaky_relu = Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv)
+softplus = Activation("softplus", _softplus, _sigmoid)
+elu = Activation("elu", _elu, _elu_deriv)
+gelu = Activation("gelu", _gelu, _gelu_deriv)
+identity = Activation("identity", _identity, _identity_deriv)
+
+_REGISTRY: dict[str, Activation] = {
+    a.name: a for a in (sigmoid, tanh, relu, leaky_relu, softplus, elu, gelu, identity)
+}
+
+
+def names() -> tuple[str, ...]:
+    """The names :func:`get` accepts."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str | Activation) -> Activation:
+    """Return the activation called ``name`` (an :class:`Activation` passes through).
+
+    >>> float(get("sigmoid").deriv(jnp.array(0.0)))
+    0.25
+    """
+    if isinstance(name, Activation):
+        return name
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"activation: expected one of {', '.join(names())} or an Activation, got {name!r}."
+        )
+    return _REGISTRY[name]
