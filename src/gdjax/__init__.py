@@ -1,14 +1,19 @@
 """gdjax: gradient descent and hand-written backpropagation for MLPs in JAX.
 
-    a^0 = x,  z^l = w^l a^{l-1} + b^l,  a^l = σ(z^l)                 (forward: gdjax.MLP)
-    δ^L = ∇_a C ⊙ σ'(z^L),  δ^l = ((w^{l+1})ᵀ δ^{l+1}) ⊙ σ'(z^l)     (backward: gdjax.backprop)
-    ∂C/∂w^l = δ^l (a^{l-1})ᵀ,  ∂C/∂b^l = δ^l                         (checked against jax.grad)
+a^0 = x,  z^l = w^l a^{l-1} + b^l,  a^l = σ(z^l)                 (forward: gdjax.MLP)
+δ^L = ∇_a C ⊙ σ'(z^L),  δ^l = ((w^{l+1})ᵀ δ^{l+1}) ⊙ σ'(z^l)     (backward: gdjax.backprop)
+∂C/∂w^l = δ^l (a^{l-1})ᵀ,  ∂C/∂b^l = δ^l                         (checked against jax.grad)
 """
 
 from gdjax import activations as activations
+from gdjax import data as data
+from gdjax import diagnostics as diagnostics
 from gdjax import gradcheck as gradcheck
 from gdjax import losses as losses
+from gdjax import optim as optim
+from gdjax import runs as runs
 from gdjax import scalar as scalar
+from gdjax import train as train
 from gdjax.activations import Activation as Activation
 from gdjax.backprop import backprop as backprop
 from gdjax.backprop import backprop_with_deltas as backprop_with_deltas

@@ -6,9 +6,15 @@ carries both, as plain element-wise functions of ``z``. The derivatives are
 written from their formulas, not by differentiating ``fn``; the tests check
 each one against ``jax.grad``.
 
-At a kink (ReLU and leaky ReLU at z = 0) the derivative is the one ``jax.grad``
-gives for the same ``fn``, so the hand backprop and autodiff agree everywhere:
-relu'(0) = 0, leaky_relu'(0) = 1.
+Where a textbook formula loses digits to rounding (σ(z)(1 − σ(z)) and
+1 − tanh²(z) for large |z|, e^z − 1 + 1 for elu), the derivative is evaluated
+in an equivalent form that keeps them, so it is accurate to float rounding
+everywhere, sometimes more so than ``jax.grad`` of ``fn``.
+
+At a kink (z = 0 for relu, leaky_relu and elu) the derivative is the one
+``jax.grad`` gives for the same ``fn``, so the hand backprop and autodiff agree
+everywhere: relu'(0) = 0, leaky_relu'(0) = 1, elu'(0) = 1. (Exact zeros are
+common: a layer of dead ReLUs feeds z = b = 0 to the next one.)
 """
 
 from __future__ import annotations
@@ -49,20 +55,23 @@ class Activation:
         return self.fn(z)
 
 
-# σ(z) = 1 / (1 + e^{-z});  σ'(z) = σ(z)(1 − σ(z)).
+# σ(z) = 1 / (1 + e^{-z});  σ'(z) = σ(z)(1 − σ(z)) = σ(z)σ(−z).
+# The second form keeps every digit for large z, where σ(z) rounds to 1 and the
+# first form (and autodiff, which uses it) returns 0 instead of about e^{-z}.
 def _sigmoid(z):
     return jax.nn.sigmoid(z)
 
 
 def _sigmoid_deriv(z):
-    s = jax.nn.sigmoid(z)
-    return s * (1 - s)
+    return jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
 
 
-# tanh'(z) = 1 − tanh²(z).
+# tanh'(z) = 1 − tanh²(z) = 1/cosh²(z) = 4u / (1 + u)²,  u = e^{−2|z|}.
+# The last form keeps every digit for large |z|; 1 − tanh²(z) (and autodiff) loses
+# them to cancellation, since tanh(z) itself is rounded near ±1.
 def _tanh_deriv(z):
-    t = jnp.tanh(z)
-    return 1 - t * t
+    u = jnp.exp(-2 * jnp.abs(z))
+    return 4 * u / (1 + u) ** 2
 
 
 # relu(z) = max(z, 0);  relu'(z) = 1 if z > 0 else 0.
@@ -89,14 +98,19 @@ def _softplus(z):
 
 
 # elu(z) = z if z > 0 else e^z − 1;  elu'(z) = 1 if z > 0 else e^z.
-# The negative branch is evaluated at min(z, 0) so a large positive z never
-# produces e^z = inf (whose zero cotangent would otherwise turn into NaN).
+# The negative branch is evaluated at z⁻ = (0 if z > 0 else z), so a large positive
+# z never produces e^z = inf (whose zero cotangent would turn into NaN), and at
+# z = 0 autodiff of elu gives e^0 = 1, the same as elu'.
+def _negative_part(z):
+    return jnp.where(z > 0, jnp.zeros_like(z), z)
+
+
 def _elu(z):
-    return jnp.where(z > 0, z, jnp.expm1(jnp.minimum(z, 0)))
+    return jnp.where(z > 0, z, jnp.expm1(_negative_part(z)))
 
 
 def _elu_deriv(z):
-    return jnp.where(z > 0, jnp.ones_like(z), jnp.exp(jnp.minimum(z, 0)))
+    return jnp.where(z > 0, jnp.ones_like(z), jnp.exp(_negative_part(z)))
 
 
 # gelu(z) = z·Φ(z) (exact, not the tanh approximation), Φ(z) = ½ erfc(−z/√2);

@@ -74,8 +74,8 @@ def finite_difference_grad(
     for start in range(0, size, chunk_size):
         idx = np.arange(start, min(start + chunk_size, size))
         idx = np.pad(idx, (0, chunk_size - idx.size), mode="edge")  # one shape: one compile
-        points = jnp.zeros((chunk_size, size), flat.dtype).at[np.arange(chunk_size), idx].set(
-            steps[idx]
+        points = (
+            jnp.zeros((chunk_size, size), flat.dtype).at[np.arange(chunk_size), idx].set(steps[idx])
         )
         out.append(np.asarray(central(points, steps[idx])))
     grad = np.concatenate(out)[:size]

@@ -115,7 +115,7 @@ def _softmax_ce_grad(z, y):
 
 def _check_softmax_ce(pred_shape, y) -> None:
     n, k = pred_shape
-    dtype = np.dtype(getattr(y, "dtype", np.asarray(y).dtype))
+    dtype = np.dtype(y.dtype) if hasattr(y, "dtype") else np.asarray(y).dtype
     if np.issubdtype(dtype, np.integer):
         if _shape_of(y) != (n,):
             raise ValueError(
@@ -123,7 +123,8 @@ def _check_softmax_ce(pred_shape, y) -> None:
                 f"got integer array of shape {_shape_of(y)}."
             )
         if is_concrete(y) and n > 0:
-            lo, hi = int(np.min(y)), int(np.max(y))
+            labels = np.asarray(y)  # host copy: jnp reductions would be staged inside a trace
+            lo, hi = int(labels.min()), int(labels.max())
             if lo < 0 or hi >= k:
                 bad = lo if lo < 0 else hi
                 raise ValueError(
@@ -160,11 +161,10 @@ def _sigmoid_bce_grad(z, y):
 def _check_sigmoid_bce(pred_shape, y) -> None:
     _check_same_shape(pred_shape, y)
     if is_concrete(y) and np.size(y) > 0:
-        lo, hi = float(np.min(y)), float(np.max(y))
+        targets = np.asarray(y)  # host copy: jnp reductions would be staged inside a trace
+        lo, hi = float(targets.min()), float(targets.max())
         if lo < 0 or hi > 1:
-            raise ValueError(
-                f"y: expected binary targets in [0, 1], got values in [{lo}, {hi}]."
-            )
+            raise ValueError(f"y: expected binary targets in [0, 1], got values in [{lo}, {hi}].")
 
 
 sigmoid_binary_cross_entropy = Loss(

@@ -115,9 +115,7 @@ class MLP:
           ``[{"w": (n_1, n_0), "b": (n_1,)}, …]``, one dict per layer.
         """
         if scheme not in INIT_SCHEMES:
-            raise ValueError(
-                f"scheme: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}."
-            )
+            raise ValueError(f"scheme: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}.")
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"dtype: expected a floating dtype, got {jnp.dtype(dtype)}.")
         params = []

@@ -1,0 +1,715 @@
+"""Run directories: everything a training run produced, in files that outlive it.
+
+A run directory holds::
+
+    config.json      everything needed to rerun it: {"model": {...}, **config}
+    params.npz       the final params, bit for bit
+    opt_state.npz    the optimizer state (only when one was saved)
+    history.npz      the recorded history: a dict of arrays, e.g. {"loss": (steps,)}
+    meta.json        versions (gdjax, jax, jaxlib, optax, numpy, python), platform,
+                     devices, creation time, caller extras (e.g. wall time), and the
+                     size and SHA-256 of each .npz file
+
+Every file is written atomically: to a temporary file in the same directory,
+flushed and fsync'ed, then renamed over the final name with ``os.replace``,
+so a reader sees the old file or the new one, never a partial one.
+``meta.json`` is written last; its checksums let :func:`load_run` detect a
+directory whose save was interrupted between files.
+
+The ``.npz`` files (see :func:`save_pytree`) hold plain arrays only and are
+read with ``allow_pickle=False``: loading a run never executes code from it.
+Scripts that analyse a trained network (landscape, curvature) take a run
+directory as input::
+
+    run = runs.load(path)
+    run.model.apply(run.params, x)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gdjax import activations
+from gdjax.activations import Activation
+from gdjax.mlp import MLP, Params
+
+__all__ = [
+    "Run",
+    "save_run",
+    "load_run",
+    "load",
+    "new_run_dir",
+    "model_to_dict",
+    "model_from_dict",
+    "save_pytree",
+    "load_pytree",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "RUN_FILES",
+]
+
+PyTree = Any
+
+FORMAT = "gdjax.run"
+FORMAT_VERSION = 1
+PYTREE_FORMAT = "gdjax.pytree"
+
+CONFIG_FILE = "config.json"
+META_FILE = "meta.json"
+PARAMS_FILE = "params.npz"
+OPT_STATE_FILE = "opt_state.npz"
+HISTORY_FILE = "history.npz"
+
+RUN_FILES = (CONFIG_FILE, PARAMS_FILE, HISTORY_FILE, META_FILE)
+"""The files every run directory must contain (``opt_state.npz`` is optional)."""
+
+_RUN_CONTENTS = (
+    "A run directory, as written by gdjax.runs.save_run, contains config.json, params.npz, "
+    "history.npz and meta.json (and opt_state.npz when an optimizer state was saved)."
+)
+
+_TREE_KEY = "__tree__"
+
+_META_KEYS = (  # written by save_run itself; meta_extra may not override them
+    "format",
+    "format_version",
+    "created",
+    "versions",
+    "platform",
+    "default_backend",
+    "x64",
+    "process_count",
+    "devices",
+    "files",
+)
+
+_NEEDS_TEMPLATE = (
+    "like: {path} holds a pytree with a {node} node, which cannot be rebuilt from the file "
+    "alone. Pass a template with the same structure, e.g. "
+    "load_pytree(path, like=optimizer.init(params)) for an optax state."
+)
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same directory (so the rename does
+    not cross file systems), which is flushed, fsync'ed and renamed over
+    ``path`` with ``os.replace``. If anything fails, the temporary file is
+    removed and an existing ``path`` is left untouched.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError(f"data: expected bytes, got {type(data).__name__}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _to_json(obj: Any) -> Any:
+    """``json.dumps`` fallback: numpy / JAX scalars and arrays become numbers and lists."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray | jax.Array):
+        return np.asarray(obj).tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _dumps(name: str, obj: Any) -> bytes:
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, default=_to_json)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{name}: expected JSON-serialisable values (dict, list, str, int, float, bool, "
+            f"None, numpy or JAX scalars and arrays), got an object that is not: {e}."
+        ) from None
+    return (text + "\n").encode()
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically.
+
+    Numpy and JAX scalars and arrays are written as numbers and nested lists,
+    tuples as lists. Raises ``ValueError`` (and writes nothing) when ``obj``
+    holds something JSON cannot represent.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = atomic_write_json(pathlib.Path(d) / "a.json", {"lr": np.float32(0.5)})
+    ...     json.loads(p.read_text())
+    {'lr': 0.5}
+    """
+    return atomic_write_bytes(path, _dumps("obj", obj))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: expected a JSON file, got invalid JSON ({e}).") from None
+
+
+# ---------------------------------------------------------------- models
+
+
+def _activation_name(field: str, act: Activation) -> str:
+    name = act.name
+    if name not in activations.names() or activations.get(name) != act:
+        raise ValueError(
+            f"model.{field}: expected a built-in activation ({', '.join(activations.names())}) "
+            f"so the run can be reloaded by name, got a custom Activation {name!r}. Run "
+            f"directories store activations by name; save the model's params with "
+            f"save_pytree and rebuild the model in code instead."
+        )
+    return name
+
+
+def model_to_dict(model: MLP) -> dict[str, Any]:
+    """The JSON description of ``model``: its sizes and activation names.
+
+    >>> model_to_dict(MLP(sizes=(2, 16, 1), activation="tanh"))
+    {'sizes': [2, 16, 1], 'activation': 'tanh', 'output_activation': 'identity'}
+    """
+    if not isinstance(model, MLP):
+        raise ValueError(f"model: expected a gdjax.MLP, got {type(model).__name__}.")
+    return {
+        "sizes": list(model.sizes),
+        "activation": _activation_name("activation", model.activation),
+        "output_activation": _activation_name("output_activation", model.output_activation),
+    }
+
+
+def model_from_dict(d: Mapping[str, Any]) -> MLP:
+    """The :class:`~gdjax.MLP` described by ``d``, the inverse of :func:`model_to_dict`.
+
+    >>> model_from_dict({"sizes": [2, 16, 1], "activation": "tanh"}) == MLP((2, 16, 1), "tanh")
+    True
+    """
+    if not isinstance(d, Mapping) or "sizes" not in d:
+        got = f"keys {sorted(d)}" if isinstance(d, Mapping) else type(d).__name__
+        raise ValueError(
+            f"d: expected a dict with keys 'sizes', 'activation' and 'output_activation' "
+            f"(as written by model_to_dict), got {got}."
+        )
+    unknown = set(d) - {"sizes", "activation", "output_activation"}
+    if unknown:
+        raise ValueError(
+            f"d: expected only the keys 'sizes', 'activation' and 'output_activation', "
+            f"got also {sorted(unknown)}."
+        )
+    return MLP(
+        sizes=d["sizes"],
+        activation=d.get("activation", "sigmoid"),
+        output_activation=d.get("output_activation", "identity"),
+    )
+
+
+# ---------------------------------------------------------------- pytrees as .npz
+
+
+class _Opaque(Exception):
+    """A pytree node that the structure description cannot express."""
+
+
+def _describe(node: Any) -> Any:
+    """A JSON description of ``node``'s structure (dicts with str keys, lists, tuples, None)."""
+    if node is None:
+        return {"none": None}
+    if isinstance(node, dict):
+        if not all(isinstance(k, str) for k in node):
+            raise _Opaque("dict with non-string keys")
+        return {"dict": {k: _describe(v) for k, v in node.items()}}
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        raise _Opaque(type(node).__name__)
+    if type(node) in (list, tuple):
+        return {type(node).__name__: [_describe(v) for v in node]}
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(node)):
+        return {"leaf": None}
+    raise _Opaque(type(node).__name__)
+
+
+def _skeleton(desc: Any) -> Any:
+    """A pytree with the described structure and 0 at every leaf."""
+    ((kind, body),) = desc.items()
+    if kind == "none":
+        return None
+    if kind == "leaf":
+        return 0
+    if kind == "dict":
+        return {k: _skeleton(v) for k, v in body.items()}
+    if kind in ("list", "tuple"):
+        children = [_skeleton(v) for v in body]
+        return children if kind == "list" else tuple(children)
+    raise ValueError(f"unknown node kind {kind!r} in a stored pytree structure.")
+
+
+def _is_key_array(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def save_pytree(path: str | os.PathLike, tree: PyTree) -> Path:
+    """Save the arrays of ``tree`` to the ``.npz`` file ``path``, atomically and exactly.
+
+    Layout: leaf ``i`` of ``jax.tree.leaves(tree)`` is the array ``leaf_i``,
+    stored with its dtype and bits unchanged (bfloat16 included; typed PRNG
+    keys as their key data). The entry ``__tree__`` is a JSON string with the
+    ``jax.tree_util.keystr`` path, dtype and shape of every leaf, and the
+    structure of the tree when it is made of dicts (string keys), lists,
+    tuples and None only, so such trees (params, histories) load without a
+    template. Other nodes, such as the NamedTuple states of optax, are
+    recorded by name and need a template at load time.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+    """
+    tree = jax.device_get(tree)
+    path_leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    try:
+        structure, opaque = _describe(tree), None
+    except _Opaque as e:
+        structure, opaque = None, str(e)
+    arrays: dict[str, np.ndarray] = {}
+    leaves_meta = []
+    for i, (key_path, leaf) in enumerate(path_leaves):
+        entry: dict[str, Any] = {"path": jax.tree_util.keystr(key_path)}
+        if _is_key_array(leaf):
+            entry["prng_impl"] = str(jax.random.key_impl(leaf))
+            leaf = jax.random.key_data(leaf)
+        arr = np.asarray(leaf)
+        entry.update(dtype=arr.dtype.name, shape=list(arr.shape))
+        arrays[f"leaf_{i}"] = arr
+        leaves_meta.append(entry)
+    header = {
+        "format": PYTREE_FORMAT,
+        "version": FORMAT_VERSION,
+        "structure": structure,
+        "opaque_node": opaque,
+        "leaves": leaves_meta,
+    }
+    arrays[_TREE_KEY] = np.array(json.dumps(header))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_pytree(
+    path: str | os.PathLike, like: PyTree | None = None, *, as_numpy: bool = False
+) -> PyTree:
+    """Load a pytree written by :func:`save_pytree`, bit for bit.
+
+    Args:
+      path: the ``.npz`` file.
+      like: optional template with the structure to rebuild (arrays or
+        ``jax.ShapeDtypeStruct`` leaves; only its structure, leaf paths and
+        shapes are used). Required when the saved tree has nodes other than
+        dicts, lists, tuples and None, e.g. ``like=optimizer.init(params)``
+        (or ``jax.eval_shape(optimizer.init, params)``) for an optax state.
+      as_numpy: return numpy arrays instead of JAX arrays (typed PRNG keys
+        are always JAX arrays).
+
+    Returns:
+      The tree, each leaf with its saved dtype and values. As JAX arrays,
+      float64 leaves stay float64 only when ``jax_enable_x64`` is on.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: the file is not a gdjax pytree, or ``like`` does not match it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: expected a .npz file written by save_pytree, got {path}.")
+    with np.load(path, allow_pickle=False) as npz:
+        if _TREE_KEY not in npz.files:
+            raise ValueError(
+                f"path: expected a .npz file written by gdjax.runs.save_pytree (with a "
+                f"'{_TREE_KEY}' entry), got {path} with entries {sorted(npz.files)[:5]}."
+            )
+        header = json.loads(str(npz[_TREE_KEY][()]))
+        raw = [npz[f"leaf_{i}"] for i in range(len(header["leaves"]))]
+
+    leaves = []
+    for arr, entry in zip(raw, header["leaves"], strict=True):
+        dtype = np.dtype(jnp.dtype(entry["dtype"]))
+        if arr.dtype != dtype:  # extension dtypes such as bfloat16 come back as raw void
+            arr = arr.view(dtype)
+        if "prng_impl" in entry:
+            leaf = jax.random.wrap_key_data(arr, impl=entry["prng_impl"])
+        elif as_numpy:
+            leaf = arr
+        else:
+            leaf = jnp.asarray(arr)
+        leaves.append(leaf)
+
+    if like is None:
+        if header["structure"] is None:
+            raise ValueError(_NEEDS_TEMPLATE.format(path=path, node=header["opaque_node"]))
+        treedef = jax.tree.structure(_skeleton(header["structure"]))
+        return jax.tree.unflatten(treedef, leaves)
+
+    like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    want = [jax.tree_util.keystr(p) for p, _ in like_leaves]
+    got = [entry["path"] for entry in header["leaves"]]
+    if want != got:
+        pairs = enumerate(zip(want, got, strict=False))
+        diff = next(
+            (f"leaf {i}: template {w!r}, file {g!r}" for i, (w, g) in pairs if w != g),
+            f"template has {len(want)} leaves, file {len(got)}",
+        )
+        raise ValueError(
+            f"like: expected a template with the structure stored in {path}, got a different "
+            f"one ({diff}). Build the template from the same optimizer and params shapes."
+        )
+    for (key_path, t), entry in zip(like_leaves, header["leaves"], strict=True):
+        shape = tuple(np.shape(t))
+        if shape != tuple(entry["shape"]):
+            raise ValueError(
+                f"like: expected leaf {jax.tree_util.keystr(key_path)} of shape "
+                f"{tuple(entry['shape'])} as stored in {path}, got {shape} in the template."
+            )
+    return jax.tree.unflatten(treedef, leaves)
+
+
+# ---------------------------------------------------------------- run directories
+
+
+class Run(NamedTuple):
+    """A loaded run directory.
+
+    Attributes:
+      path: the directory.
+      model: the :class:`~gdjax.MLP` rebuilt from ``config["model"]``.
+      params: the saved params (JAX arrays).
+      history: the saved history, a dict of numpy arrays (``{}`` if none was saved).
+      config: the contents of ``config.json``.
+      meta: the contents of ``meta.json``.
+      opt_state: the optimizer state when a template or optimizer was given to
+        :func:`load_run`, else ``None``.
+    """
+
+    path: Path
+    model: MLP
+    params: Params
+    history: dict[str, Any]
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    opt_state: PyTree = None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _environment() -> dict[str, Any]:
+    import gdjax
+
+    return {
+        "versions": {
+            "gdjax": gdjax.__version__,
+            "jax": jax.__version__,
+            "jaxlib": _version("jaxlib"),
+            "optax": _version("optax"),
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+        },
+        "platform": platform.platform(),
+        "default_backend": jax.default_backend(),
+        "x64": bool(jax.config.read("jax_enable_x64")),
+        "process_count": jax.process_count(),
+        "devices": [
+            {
+                "id": d.id,
+                "platform": d.platform,
+                "kind": d.device_kind,
+                "process_index": d.process_index,
+            }
+            for d in jax.devices()
+        ],
+    }
+
+
+def _history_arrays(history: Mapping[str, Any], where: str = "history") -> dict[str, Any]:
+    """``history`` with every list or tuple turned into one array (dicts may nest)."""
+    out = {}
+    for k, v in history.items():
+        if isinstance(v, Mapping):
+            out[k] = _history_arrays(v, f"{where}[{k!r}]")
+        elif isinstance(v, list | tuple):
+            try:
+                out[k] = np.asarray(v)
+            except ValueError as e:
+                raise ValueError(
+                    f"{where}[{k!r}]: expected an array or a list of equal-shaped values, "
+                    f"got a ragged list ({e})."
+                ) from None
+        else:
+            out[k] = v
+    return out
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def save_run(
+    path: str | os.PathLike,
+    *,
+    model: MLP,
+    config: Mapping[str, Any],
+    params: Params,
+    opt_state: PyTree | None = None,
+    history: Mapping[str, Any] | None = None,
+    meta_extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a run directory (created if missing; existing run files are replaced).
+
+    Files are written in the order config.json, params.npz, opt_state.npz,
+    history.npz, meta.json, each atomically; meta.json, written last, records
+    the size and SHA-256 of every .npz file. Saving again into the same
+    directory (a periodic checkpoint) replaces the files; a stale
+    opt_state.npz is removed when ``opt_state`` is None.
+
+    Args:
+      path: the run directory, e.g. from :func:`new_run_dir`.
+      model: the network; stored as ``config["model"]`` = :func:`model_to_dict`.
+      config: everything else needed to rerun: loss name, optimizer and its
+        hyper-parameters, data, seed, number of steps… (JSON-serialisable).
+      params: the final params, ``[{"w", "b"}, …]`` matching ``model``.
+      opt_state: the optimizer state, any pytree of arrays (optional).
+      history: a dict of arrays, e.g. ``{"loss": (steps,), "grad_norm": (steps, L)}``;
+        nested dicts are allowed.
+      meta_extra: added to meta.json, e.g. ``{"wall_time_s": 12.3, "steps_done": 1000}``.
+
+    Returns:
+      The directory as a :class:`~pathlib.Path`.
+
+    Examples:
+      >>> import tempfile
+      >>> model = MLP(sizes=(2, 4, 1), activation="tanh")
+      >>> params = model.init(jax.random.key(0))
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     _ = save_run(d, model=model, config={"loss": "mse", "seed": 0}, params=params,
+      ...                  history={"loss": np.array([0.5, 0.25])})
+      ...     run = load_run(d)
+      ...     run.model == model, run.config["loss"], run.history["loss"].tolist()
+      (True, 'mse', [0.5, 0.25])
+    """
+    path = Path(path)
+    model_dict = model_to_dict(model)  # fails on a custom activation before anything is written
+    model.check_params(params)
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config: expected a dict, got {type(config).__name__}.")
+    if "model" in config and config["model"] != model_dict:
+        raise ValueError(
+            f"config: expected no 'model' key (save_run writes model_to_dict(model) there) or "
+            f"one equal to {model_dict}, got {config['model']!r}."
+        )
+    if history is None:
+        history = {}
+    if not isinstance(history, Mapping):
+        raise ValueError(
+            f"history: expected a dict of arrays like {{'loss': (steps,)}}, "
+            f"got {type(history).__name__}."
+        )
+    history = _history_arrays(history)
+    meta_extra = dict(meta_extra or {})
+    clash = sorted(set(_META_KEYS) & set(meta_extra))
+    if clash:
+        raise ValueError(
+            f"meta_extra: expected keys other than those save_run writes itself "
+            f"({', '.join(_META_KEYS)}), got {clash}."
+        )
+    config_bytes = _dumps("config", {**config, "model": model_dict})
+    _dumps("meta_extra", meta_extra)
+
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path / CONFIG_FILE, config_bytes)
+    files = [PARAMS_FILE, HISTORY_FILE]
+    save_pytree(path / PARAMS_FILE, params)
+    if opt_state is not None:
+        save_pytree(path / OPT_STATE_FILE, opt_state)
+        files.insert(1, OPT_STATE_FILE)
+    else:
+        (path / OPT_STATE_FILE).unlink(missing_ok=True)
+    save_pytree(path / HISTORY_FILE, history)
+
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **_environment(),
+        "files": {name: _file_record(path / name) for name in files},
+    }
+    assert set(meta) == set(_META_KEYS)
+    atomic_write_json(path / META_FILE, {**meta, **meta_extra})
+    return path
+
+
+def load_run(
+    path: str | os.PathLike,
+    *,
+    opt_state_like: PyTree | None = None,
+    optimizer: Any = None,
+    verify: bool = True,
+) -> Run:
+    """Load a run directory written by :func:`save_run`.
+
+    Args:
+      path: the run directory.
+      opt_state_like: a template of the optimizer state, e.g.
+        ``optimizer.init(params)``; the state is loaded into ``Run.opt_state``.
+      optimizer: alternatively, the optax ``GradientTransformation`` used for
+        the run; the template is ``jax.eval_shape(optimizer.init, params)``.
+      verify: check the size and SHA-256 of each .npz file against meta.json.
+
+    Returns:
+      A :class:`Run` with the model, params, history, config, meta and,
+      when asked for, the optimizer state.
+
+    Raises:
+      FileNotFoundError: the directory or one of its files is missing.
+      ValueError: the files are inconsistent (a save was interrupted, or a
+        file was changed), or the params do not fit the model.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"path: expected a run directory, got {path}, which "
+            f"{'is not a directory' if path.exists() else 'does not exist'}. "
+            f"{_RUN_CONTENTS}"
+        )
+    for name in RUN_FILES:
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"path: expected a run directory, got {path}, which has no {name}. {_RUN_CONTENTS}"
+            )
+    if opt_state_like is not None and optimizer is not None:
+        raise ValueError(
+            "optimizer: expected either opt_state_like or optimizer, got both. Pass one."
+        )
+    config = _read_json(path / CONFIG_FILE)
+    meta = _read_json(path / META_FILE)
+    if verify:
+        for name, record in meta.get("files", {}).items():
+            file = path / name
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"path: expected {name} in {path}, as listed in meta.json, but it is missing."
+                )
+            if _file_record(file) != record:
+                raise ValueError(
+                    f"{file}: expected the file recorded in meta.json ({record['bytes']} bytes, "
+                    f"sha256 {record['sha256'][:12]}…), got different contents. The save was "
+                    f"interrupted or the file changed since; load with verify=False to "
+                    f"read it anyway."
+                )
+    if "model" not in config:
+        raise ValueError(
+            f"{path / CONFIG_FILE}: expected a 'model' entry (written by save_run), "
+            f"got keys {sorted(config)}."
+        )
+    model = model_from_dict(config["model"])
+    params = load_pytree(path / PARAMS_FILE)
+    model.check_params(params)
+    history = load_pytree(path / HISTORY_FILE, as_numpy=True)
+
+    opt_state = None
+    if optimizer is not None:
+        opt_state_like = jax.eval_shape(optimizer.init, params)
+    if opt_state_like is not None:
+        if not (path / OPT_STATE_FILE).is_file():
+            raise FileNotFoundError(
+                f"opt_state_like: expected {path / OPT_STATE_FILE} to load the optimizer state "
+                f"into, but the run was saved without one (save_run(..., opt_state=...))."
+            )
+        opt_state = load_pytree(path / OPT_STATE_FILE, like=opt_state_like)
+    return Run(path, model, params, history, config, meta, opt_state)
+
+
+load = load_run
+"""Alias of :func:`load_run`: ``gdjax.runs.load(path)``."""
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def new_run_dir(root: str | os.PathLike, name: str | None = None) -> Path:
+    """Create and return a fresh directory ``root/YYYYmmdd-HHMMSS[-name][-k]``.
+
+    The timestamp is local time; ``-k`` (k = 1, 2, …) is appended when the
+    directory exists already, so two calls never return the same directory.
+    ``root`` is created if missing.
+
+    Args:
+      root: the parent directory, e.g. ``"runs"``.
+      name: optional label: letters, digits, ``.``, ``_`` and ``-``.
+    """
+    if name is not None and (not isinstance(name, str) or not _NAME_RE.match(name)):
+        raise ValueError(
+            f"name: expected a label of letters, digits, '.', '_' and '-' (no path "
+            f"separators), got {name!r}."
+        )
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
+    for k in range(10_000):
+        candidate = root / (base if k == 0 else f"{base}-{k}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"root: could not create a new run directory under {root}.")

@@ -1,0 +1,390 @@
+"""Update steps and the training loop: equal trajectories, convergence, schedules, guards."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gdjax import MLP, backprop, data, objective, train
+
+
+def _regression(key, n=40, d=3, dtype=jnp.float64):
+    k1, k2 = jax.random.split(key)
+    x = jax.random.normal(k1, (n, d), dtype)
+    y = jnp.sin(x @ jnp.arange(1.0, d + 1, dtype=dtype))[:, None] + 0.1 * jax.random.normal(
+        k2, (n, 1), dtype
+    )
+    return x, y
+
+
+def test_hand_and_auto_steps_give_the_same_params_after_100_steps(key):
+    model = MLP((3, 8, 8, 1), activation="tanh")
+    x, y = _regression(key)
+    trajectories = {}
+    for grad in ("hand", "auto"):
+        step = train.make_step(model, "mse", "momentum", grad=grad, learning_rate=0.05)
+        params = model.init(key, dtype=jnp.float64)
+        opt_state = step.optimizer.init(params)
+        for _ in range(100):
+            params, opt_state, metrics = step(params, opt_state, x, y)
+        trajectories[grad] = params
+    chex.assert_trees_all_close(trajectories["hand"], trajectories["auto"], rtol=1e-11, atol=1e-13)
+    initial = objective(model, "mse")(model.init(key, dtype=jnp.float64), x, y)
+    assert float(metrics["loss"]) < 0.5 * float(initial)  # and training did something
+
+
+def test_one_full_batch_sgd_step_is_w_minus_lr_times_gradient(key):
+    """θ₁ = θ₀ − η ∂C/∂θ, with ∂C/∂θ from jax.grad computed independently of the step."""
+    model = MLP((3, 5, 2), activation="sigmoid")
+    x, _ = _regression(key)
+    y = jnp.asarray(np.random.default_rng(0).integers(0, 2, 40))
+    params = model.init(key, dtype=jnp.float64)
+    expected_grads = jax.grad(objective(model, "softmax_cross_entropy"))(params, x, y)
+    expected = jax.tree.map(lambda w, g: w - 0.3 * g, params, expected_grads)
+    result = train.fit(
+        model,
+        "softmax_cross_entropy",
+        "sgd",
+        (x, y),
+        epochs=1,
+        key=key,
+        params=params,
+        learning_rate=0.3,
+        progress=False,
+    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-14), result.params, expected)
+    assert result.history["step_loss"].shape == (1,)
+
+
+def test_linear_regression_by_full_batch_gd_reaches_least_squares(key):
+    ds = data.linear_regression(key, n=200, d=5, noise=0.1, dtype=jnp.float64)
+    model = MLP((5, 1), output_activation="identity")
+    result = train.fit(
+        model,
+        "mse",
+        "sgd",
+        (ds.x, ds.y),
+        epochs=400,
+        key=key,
+        params=model.init(key, dtype=jnp.float64),
+        learning_rate=0.5,
+        progress=False,
+        eval_every=0,
+    )
+    design = jnp.concatenate([ds.x, jnp.ones((ds.num_train, 1), jnp.float64)], axis=1)
+    solution = jnp.linalg.lstsq(design, ds.y)[0]
+    np.testing.assert_allclose(result.params[0]["w"].ravel(), solution[:5, 0], atol=1e-5)
+    np.testing.assert_allclose(result.params[0]["b"], solution[5], atol=1e-5)
+
+
+def test_xor_is_solved_by_a_2_4_1_sigmoid_network_with_plain_gd():
+    ds = data.xor()
+    model = MLP((2, 4, 1), activation="sigmoid", output_activation="sigmoid")
+    result = train.fit(
+        model,
+        "mse",
+        "sgd",
+        (ds.x, ds.y),
+        epochs=2000,
+        key=jax.random.key(1),
+        learning_rate=5.0,
+        progress=False,
+        eval_every=0,
+    )
+    out = np.asarray(model.apply(result.params, ds.x)).ravel()
+    np.testing.assert_array_equal(out > 0.5, np.asarray(ds.y).ravel() > 0.5)
+
+
+def test_digits_reach_95_percent_test_accuracy_with_adam():
+    ds = data.digits()
+    model = MLP((64, 64, 10), activation="relu")
+    result = train.fit(
+        model,
+        ds.loss,
+        "adam",
+        ds,
+        epochs=15,
+        batch_size=64,
+        key=jax.random.key(0),
+        learning_rate=1e-3,
+        progress=False,
+        eval_every=5,
+    )
+    assert result.history["test_accuracy"][-1] >= 0.95, result.history["test_accuracy"]
+    assert list(result.history["eval_epoch"]) == [5, 10, 15]
+    assert result.history["train_loss"][-1] < result.history["train_loss"][0]
+
+
+def _small_problem(key, n=10):
+    model = MLP((3, 4, 2), activation="tanh")
+    x, _ = _regression(key, n=n)
+    y = jnp.asarray(np.random.default_rng(1).integers(0, 2, n))
+    return model, x, y
+
+
+def test_ragged_last_batch_matches_a_manual_loop(key):
+    """n = 10, B = 4: steps on 4, 4, then the 2 left over, in the epoch's permutation."""
+    model, x, y = _small_problem(key)
+    params = model.init(key, dtype=jnp.float64)
+    result = train.fit(
+        model,
+        "softmax_cross_entropy",
+        "sgd",
+        (x, y),
+        epochs=2,
+        batch_size=4,
+        key=key,
+        params=params,
+        learning_rate=0.1,
+        progress=False,
+    )
+    _, shuffle_key = jax.random.split(key)
+    grad = jax.grad(objective(model, "softmax_cross_entropy"))
+    expected, losses = params, []
+    for epoch in (1, 2):
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), 10))
+        for batch in (perm[:4], perm[4:8], perm[8:]):
+            losses.append(
+                float(objective(model, "softmax_cross_entropy")(expected, x[batch], y[batch]))
+            )
+            g = grad(expected, x[batch], y[batch])
+            expected = jax.tree.map(lambda w, g: w - 0.1 * g, expected, g)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), result.params, expected)
+    np.testing.assert_allclose(result.history["step_loss"], losses, rtol=1e-13)
+    # the epoch loss weights the ragged batch by its 2 examples
+    first = np.average(losses[:3], weights=[4, 4, 2])
+    np.testing.assert_allclose(result.history["loss"][0], first, rtol=1e-13)
+
+
+@pytest.mark.parametrize(("batch_size", "steps"), [(None, 1), (1, 10), (3, 4), (5, 2), (10, 1)])
+def test_steps_per_epoch_follow_the_batch_size(key, batch_size, steps):
+    model, x, y = _small_problem(key)
+    result = train.fit(
+        model,
+        "softmax_cross_entropy",
+        "sgd",
+        (x, y),
+        epochs=2,
+        batch_size=batch_size,
+        key=key,
+        learning_rate=0.1,
+        progress=False,
+        eval_every=0,
+    )
+    assert result.history["step_loss"].shape == (2 * steps,)
+    assert train.steps_per_epoch(10, batch_size) == steps
+
+
+def test_same_key_is_bit_identical_and_another_key_shuffles_differently(key):
+    model, x, y = _small_problem(key, n=24)
+
+    def run(k):
+        return train.fit(
+            model,
+            "softmax_cross_entropy",
+            "adam",
+            (x, y),
+            epochs=3,
+            batch_size=5,
+            key=k,
+            params=model.init(key),
+            learning_rate=0.01,
+            progress=False,
+        )
+
+    a, b, c = run(key), run(key), run(jax.random.key(7))
+    for name in a.history:
+        np.testing.assert_array_equal(a.history[name], b.history[name])
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    # same init params, so any difference comes from the shuffles
+    assert not np.array_equal(a.history["step_loss"], c.history["step_loss"])
+
+
+def test_fit_compiles_its_epoch_once(compilations, key):
+    model, x, y = _small_problem(key, n=12)
+    kwargs = dict(batch_size=5, learning_rate=0.1, progress=False, eval_every=0)
+    train.fit(model, "softmax_cross_entropy", "sgd", (x, y), epochs=1, key=key, **kwargs)
+    one_epoch = compilations.count
+    train.fit(model, "softmax_cross_entropy", "sgd", (x, y), epochs=6, key=key, **kwargs)
+    second_run = compilations.count - one_epoch
+    # A second fit builds its epoch function anew (one compile); more epochs add none.
+    assert second_run <= one_epoch
+
+
+def test_make_step_does_not_recompile_and_donates(compilations, key):
+    model, x, y = _small_problem(key, n=12)
+    step = train.make_step(model, "softmax_cross_entropy", "adam", learning_rate=1e-2)
+    params = model.init(key)
+    opt_state = step.optimizer.init(params)
+    params, opt_state, _ = step(params, opt_state, x, y)
+    after_first = compilations.count
+    old = params
+    for _ in range(5):
+        params, opt_state, _ = step(params, opt_state, x, y)
+    assert compilations.count == after_first
+    assert old[0]["w"].is_deleted()  # donated buffers are reused, not copied
+
+
+def test_a_diverging_learning_rate_stops_with_a_clear_message(key):
+    ds = data.linear_regression(key, n=100, d=5)
+    model = MLP((5, 1), output_activation="identity")
+    with pytest.warns(train.DivergedWarning, match=r"diverged at epoch \d+, step 1 of 1") as w:
+        result = train.fit(
+            model,
+            "mse",
+            "sgd",
+            (ds.x, ds.y),
+            epochs=200,
+            key=key,
+            learning_rate=1e3,
+            progress=False,
+        )
+    message = str(w[0].message)
+    assert "Last finite loss:" in message and "learning_rate=1000.0" in message
+    assert result.diverged == message
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(result.params))
+    assert len(result.history["epoch"]) < 200
+    assert np.all(np.isfinite(result.history["step_loss"][:-1]))
+
+
+def test_callback_runs_every_k_epochs(key):
+    model, x, y = _small_problem(key)
+    seen = []
+    train.fit(
+        model,
+        "softmax_cross_entropy",
+        "sgd",
+        (x, y),
+        epochs=7,
+        key=key,
+        learning_rate=0.1,
+        progress=False,
+        callback=lambda e, p, s, h: seen.append((e, len(h["loss"]))),
+        callback_every=3,
+    )
+    assert seen == [(3, 3), (6, 6)]
+
+
+def test_diagnostics_are_recorded_at_the_chosen_interval(key):
+    model = MLP((3, 6, 6, 2), activation="sigmoid")
+    _, x, y = _small_problem(key)
+    result = train.fit(
+        model,
+        "softmax_cross_entropy",
+        "sgd",
+        (x, y),
+        epochs=4,
+        key=key,
+        learning_rate=0.1,
+        progress=False,
+        diagnostics_every=2,
+    )
+    assert list(result.history["diagnostics_epoch"]) == [2, 4]
+    assert result.history["diagnostics/grad_norm"].shape == (2, 3)
+
+
+def test_a_custom_optax_transformation_is_accepted(key):
+    model, x, y = _small_problem(key)
+    result = train.fit(
+        model,
+        "softmax_cross_entropy",
+        optax.chain(optax.clip(1.0), optax.sgd(0.1)),
+        (x, y),
+        epochs=2,
+        key=key,
+        progress=False,
+    )
+    assert result.history["loss"].shape == (2,)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _fit_kwargs(**overrides):
+    kwargs = dict(epochs=1, key=jax.random.key(0), learning_rate=0.1, progress=False)
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "data_fn", "overrides", "message"),
+    [
+        (
+            "adagrad",
+            None,
+            {},
+            r"optimizer: expected one of sgd, momentum, nesterov, rmsprop, "
+            r"adam, adamw or an optax.GradientTransformation, got 'adagrad'",
+        ),
+        ("sgd", None, {"batch_size": 0}, r"batch_size: expected None .* \[1, 10\].*got 0"),
+        ("sgd", None, {"batch_size": 11}, r"batch_size: expected .* \[1, 10\].*got 11"),
+        ("sgd", None, {"epochs": 0}, r"epochs: expected a positive integer, got 0"),
+        ("sgd", None, {"epochs": -3}, r"epochs: expected a positive integer, got -3"),
+        ("sgd", None, {"grad": "numeric"}, r"grad: expected 'hand' or 'auto', got 'numeric'"),
+        ("sgd", None, {"learning_rate": -1.0}, r"learning_rate: expected a positive number"),
+        ("sgd", lambda x, y: (x, y[:9]), {}, r"y: expected 10 examples.*got 9"),
+        (
+            "sgd",
+            lambda x, y: (x.at[3, 1].set(jnp.nan), y),
+            {},
+            r"data.x: expected finite values, got 1 NaN or infinite entries",
+        ),
+        (
+            "sgd",
+            lambda x, y: (x, y.at[0].set(5)),
+            {},
+            r"y: expected integer labels in \[0, 1\] for 2 output units, got label 5",
+        ),
+        ("sgd", lambda x, y: "not data", {}, r"data: expected a gdjax.data.Dataset or a tuple"),
+    ],
+    ids=[
+        "unknown optimizer",
+        "batch 0",
+        "batch > n",
+        "epochs 0",
+        "epochs < 0",
+        "grad mode",
+        "negative lr",
+        "rows differ",
+        "NaN in x",
+        "label range",
+        "not data",
+    ],
+)
+def test_fit_rejects_bad_input_before_compiling(
+    compilations, key, optimizer, data_fn, overrides, message
+):
+    model, x, y = _small_problem(key)
+    batch = (x, y) if data_fn is None else data_fn(x, y)
+    before = compilations.count
+    with pytest.raises(ValueError, match=message):
+        train.fit(model, "softmax_cross_entropy", optimizer, batch, **_fit_kwargs(**overrides))
+    assert compilations.count == before
+
+
+def test_make_step_rejects_bad_names():
+    model = MLP((2, 1))
+    with pytest.raises(ValueError, match=r"optimizer: expected one of sgd.*got 'lbfgs'"):
+        train.make_step(model, "mse", "lbfgs", learning_rate=0.1)
+    with pytest.raises(
+        ValueError,
+        match=r"learning_rate: expected a positive number for "
+        r"optimizer 'adam', got none",
+    ):
+        train.make_step(model, "mse", "adam")
+    with pytest.raises(ValueError, match=r"hyperparams: expected none with an optax"):
+        train.make_step(model, "mse", optax.sgd(0.1), learning_rate=0.1)
+
+
+def test_backprop_step_equals_grad_of_objective_inside_make_step(key):
+    """The hand step really uses the hand gradient: its update is −η · backprop's gradient."""
+    model, x, y = _small_problem(key)
+    params = model.init(key, dtype=jnp.float64)
+    _, grads = backprop(model, "softmax_cross_entropy", params, x, y)
+    expected = jax.tree.map(lambda w, g: w - 0.2 * g, params, grads)
+    step = train.make_step(model, "softmax_cross_entropy", "sgd", learning_rate=0.2)
+    new, _, _ = step(jax.tree.map(jnp.array, params), step.optimizer.init(params), x, y)
+    # equal to rounding: XLA may fuse w − η·g into one multiply-add inside the jitted step
+    chex.assert_trees_all_close(new, expected, rtol=1e-14, atol=0)
