@@ -48,8 +48,8 @@ class Activation:
     """
 
     name: str
-    fn: ArrayFn
-    deriv: ArrayFn
+    fn: ArrayFn = dataclasses.field(repr=False)
+    deriv: ArrayFn = dataclasses.field(repr=False)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         return self.fn(z)

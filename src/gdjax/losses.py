@@ -48,9 +48,11 @@ class Loss:
     """
 
     name: str
-    fn: Callable[[jax.Array, jax.Array], jax.Array]
-    grad: Callable[[jax.Array, jax.Array], jax.Array]
-    check: Callable[[tuple[int, ...], jax.Array], None] = lambda pred_shape, y: None
+    fn: Callable[[jax.Array, jax.Array], jax.Array] = dataclasses.field(repr=False)
+    grad: Callable[[jax.Array, jax.Array], jax.Array] = dataclasses.field(repr=False)
+    check: Callable[[tuple[int, ...], jax.Array], None] = dataclasses.field(
+        default=lambda pred_shape, y: None, repr=False
+    )
 
     def __call__(self, pred: jax.Array, y: jax.Array) -> jax.Array:
         return self.fn(pred, y)
