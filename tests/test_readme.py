@@ -25,7 +25,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_second():
 
 
 def test_quick_example_runs_and_hand_equals_autodiff(capsys):
-    (code,) = _blocks("python")
+    code = _blocks("python")[0]
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     diffs = namespace["jax"].tree.leaves(
@@ -35,6 +35,13 @@ def test_quick_example_runs_and_hand_equals_autodiff(capsys):
     )
     assert max(diffs) < 1e-6
     assert "'w'" in capsys.readouterr().out
+
+
+def test_training_example_reaches_its_stated_accuracy(capsys):
+    code = _blocks("python")[1]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].history["test_accuracy"][-1] >= 0.95
 
 
 def test_seed_example_script_reports_every_value_equal():
