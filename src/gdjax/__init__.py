@@ -9,8 +9,10 @@ from gdjax import activations as activations
 from gdjax import data as data
 from gdjax import diagnostics as diagnostics
 from gdjax import gradcheck as gradcheck
+from gdjax import landscape as landscape
 from gdjax import losses as losses
 from gdjax import optim as optim
+from gdjax import plots as plots
 from gdjax import runs as runs
 from gdjax import scalar as scalar
 from gdjax import train as train

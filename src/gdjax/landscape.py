@@ -1,0 +1,1039 @@
+"""Loss landscapes: directions in parameter space and sweeps of a function along them.
+
+A landscape plot shows a scalar function of the params (the cost C, the
+accuracy) on a line or a plane through θ:
+
+    g(α)    = f(θ + α d1)                    (1-D, :func:`sweep_1d`)
+    g(α, β) = f(θ + α d1 + β d2)             (2-D, :func:`sweep_2d`)
+
+Directions are pytrees shaped like the params (``[{"w": (n_l, n_{l-1}),
+"b": (n_l,)}, …]``):
+
+- :func:`random_direction`: Gaussian, from an explicit key;
+- :func:`normalize_direction` / :func:`filter_normalized_direction`: the filter
+  normalisation of Li et al. (2018), which makes plots of different networks
+  comparable: every row of ``w^l`` (one neuron's incoming weights, a
+  "filter") of the direction gets the norm of the same row of θ;
+- :func:`orthogonalize`: Gram–Schmidt on two directions, reporting their cosine;
+- :func:`interpolation_direction`: ``θ_b − θ_a``, the line between two
+  solutions (Goodfellow, Vinyals & Saxe 2015);
+- :func:`pca_directions`: the top principal directions of a training
+  trajectory, with the trajectory projected onto them (Li et al. 2018, §7).
+
+How a sweep is evaluated. The grid points (α_i, β_j), in row-major order, are
+cut into *chunks* of ``chunk_size`` points; the last chunk is padded (with
+copies of θ) so that every chunk has the same shape and the sweep compiles
+once. A chunk is split over all devices with ``jax.shard_map`` on a 1-D mesh
+whose axis is ``"points"``; on each device the points run in blocks of
+``vmap_width`` points: ``jax.vmap`` inside a block, ``lax.map`` over the
+blocks. Every point is therefore computed by the same compiled block, whatever
+the chunk size and the device count, so the results are **bit-for-bit
+identical** across chunk sizes and device counts for a given ``vmap_width``
+(a different ``vmap_width`` is a different XLA program and may change the last
+bit). Memory per device is about ``vmap_width`` points' worth of intermediates.
+
+Resuming. With ``out=directory`` a sweep writes ``grid.npz`` (the values, a
+``done`` mask, the grid and a JSON config with hashes of everything that
+determines the values) atomically after every chunk, and ``sweep.json``
+(human-readable config and a log of calls with the number of points each
+computed). Called again with the same arguments it computes only the points
+not yet done; called with a different sweep it refuses with a ValueError
+naming what differs. The function ``f`` itself cannot be hashed: only its
+``__qualname__``, its output names and dtypes are compared, so use one
+directory per function.
+
+Multi-host: after ``jax.distributed.initialize()`` every process calls the
+sweep with the same arguments; ``jax.devices()`` then spans all hosts, the
+mesh covers them, the results are all-gathered to every process, and only
+process 0 writes ``out``, which must then be on a file system every process
+reads. (Written for, not tested on, several hosts.)
+
+References:
+  Li, Xu, Taylor, Studer & Goldstein (2018), "Visualizing the Loss Landscape
+  of Neural Nets", NeurIPS. Goodfellow, Vinyals & Saxe (2015), "Qualitatively
+  characterizing neural network optimization problems", ICLR.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gdjax._checks import check_positive_int
+from gdjax.runs import atomic_write_bytes, atomic_write_json
+
+__all__ = [
+    "NORMS",
+    "random_direction",
+    "normalize_direction",
+    "filter_normalized_direction",
+    "orthogonalize",
+    "interpolation_direction",
+    "PCADirections",
+    "pca_directions",
+    "sweep_1d",
+    "sweep_2d",
+    "default_vmap_width",
+    "GRID_FILE",
+    "META_FILE",
+]
+
+PyTree = Any
+Values = np.ndarray | dict[str, np.ndarray]
+
+NORMS = ("filter", "layer", "none")
+"""The normalisations of :func:`normalize_direction`."""
+
+FORMAT = "gdjax.sweep"
+FORMAT_VERSION = 1
+GRID_FILE = "grid.npz"
+"""The values, ``done`` mask, grid and config of a resumable sweep (the source of truth)."""
+META_FILE = "sweep.json"
+"""Human-readable config and call log of a resumable sweep."""
+
+MAX_VMAP_WIDTH = 16
+CHUNK_BLOCKS = 8  # default chunk: this many blocks of vmap_width points per device
+CPU_MEMORY_BUDGET = 1 << 30  # bytes per device when the backend reports no memory stats
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _paths(tree: PyTree) -> list[tuple[str, Any]]:
+    return [
+        (jax.tree_util.keystr(p), leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    ]
+
+
+def _check_like(name: str, tree: PyTree, like: PyTree, like_name: str = "params") -> None:
+    """Raise ValueError unless ``tree`` has the structure and leaf shapes of ``like``."""
+    got, want = _paths(tree), _paths(like)
+    got_paths, want_paths = [p for p, _ in got], [p for p, _ in want]
+    if jax.tree.structure(tree) != jax.tree.structure(like) or got_paths != want_paths:
+        missing = [p for p in want_paths if p not in got_paths]
+        extra = [p for p in got_paths if p not in want_paths]
+        detail = (
+            f"missing leaves {missing[:3]}" * bool(missing)
+            + ("; " if missing and extra else "")
+            + f"unexpected leaves {extra[:3]}" * bool(extra)
+        ) or f"a different container structure: {jax.tree.structure(tree)}"
+        raise ValueError(
+            f"{name}: expected a pytree with the structure of {like_name} "
+            f"({len(want_paths)} leaves like {want_paths[:2]}), got {detail}."
+        )
+    for (path, leaf), (_, ref) in zip(got, want, strict=True):
+        if np.shape(leaf) != np.shape(ref):
+            raise ValueError(
+                f"{name}{path}: expected shape {np.shape(ref)} like {like_name}{path}, "
+                f"got {np.shape(leaf)}."
+            )
+
+
+def _check_params(name: str, params: PyTree) -> None:
+    leaves = _paths(params)
+    if not leaves:
+        raise ValueError(f"{name}: expected a pytree of floating arrays, got no leaves.")
+    for path, leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"{name}{path}: expected a floating array, got "
+                f"{dtype if dtype is not None else type(leaf).__name__}."
+            )
+
+
+def _check_axis(name: str, values) -> np.ndarray:
+    """A grid axis: 1-D, at least 2 finite, strictly increasing values."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name}: expected a 1-D sequence of numbers, got {type(values).__name__}."
+        ) from None
+    if arr.ndim != 1 or arr.size < 2:
+        raise ValueError(
+            f"{name}: expected a 1-D array of at least 2 grid values (e.g. "
+            f"np.linspace(-1, 1, 51)), got shape {arr.shape}."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: expected finite values, got {arr[~np.isfinite(arr)][:3]}.")
+    if not np.all(np.diff(arr) > 0):
+        raise ValueError(
+            f"{name}: expected strictly increasing values (a non-empty range), got "
+            f"{arr[:5].tolist()}{' …' if arr.size > 5 else ''}."
+        )
+    return arr
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm: expected one of {', '.join(map(repr, NORMS))}, got {norm!r}.")
+
+
+# ---------------------------------------------------------------- directions
+
+
+def random_direction(key: jax.Array, params: PyTree) -> PyTree:
+    """A Gaussian direction shaped like ``params``: every entry ``d_i ~ N(0, 1)``.
+
+    Each leaf gets its own subkey of ``key`` and the dtype of the matching leaf.
+
+    Args:
+      key: a ``jax.random`` key.
+      params: the params the direction is for (only shapes and dtypes are read).
+
+    Returns:
+      A pytree with the structure, shapes and dtypes of ``params``.
+
+    Examples:
+      >>> from gdjax import MLP
+      >>> params = MLP((2, 3, 1)).init(jax.random.key(0))
+      >>> d = random_direction(jax.random.key(1), params)
+      >>> jax.tree.map(jnp.shape, d) == jax.tree.map(jnp.shape, params)
+      True
+    """
+    _check_params("params", params)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [
+            jax.random.normal(k, jnp.shape(p), jnp.result_type(p))
+            for k, p in zip(keys, leaves, strict=True)
+        ],
+    )
+
+
+def _scaled(d: jax.Array, target_norm: jax.Array, norm: jax.Array) -> jax.Array:
+    """``d · target_norm / norm``, and 0 where ``norm`` is 0 (then d is 0 too)."""
+    safe = jnp.where(norm > 0, norm, 1)
+    return d * jnp.where(norm > 0, target_norm / safe, 0)
+
+
+def _row_norms(a: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.sum(jnp.reshape(a, (a.shape[0], -1)) ** 2, axis=1))
+
+
+def _normalize_leaf(d, p, norm: str, include_bias: bool):
+    d, p = jnp.asarray(d), jnp.asarray(p)
+    if d.ndim <= 1 and not include_bias:
+        return jnp.zeros_like(d)
+    if norm == "none":
+        return d
+    if norm == "filter" and d.ndim >= 2:  # filters = slices along the first (output) axis
+        scale_shape = (d.shape[0],) + (1,) * (d.ndim - 1)
+        return _scaled(
+            d,
+            jnp.reshape(_row_norms(p), scale_shape),
+            jnp.reshape(_row_norms(d), scale_shape),
+        )
+    # layer norm, or a lone 1-D leaf under filter norm: the whole leaf is one filter
+    return _scaled(d, jnp.linalg.norm(p), jnp.linalg.norm(d))
+
+
+def _is_layer(p) -> bool:
+    if not (isinstance(p, dict) and "w" in p and "b" in p):
+        return False
+    w, b = np.shape(p["w"]), np.shape(p["b"])
+    return len(w) >= 2 and len(b) == 1 and b[0] == w[0]
+
+
+def _normalize_node(d, p, norm: str, include_bias: bool):
+    if norm == "filter" and include_bias and _is_layer(p):
+        # filter i = the neuron's incoming params (w_i, b_i): the row of [w | b]
+        dw, db = jnp.asarray(d["w"]), jnp.asarray(d["b"])
+        pw, pb = jnp.asarray(p["w"]), jnp.asarray(p["b"])
+        target = jnp.sqrt(_row_norms(pw) ** 2 + pb**2)
+        current = jnp.sqrt(_row_norms(dw) ** 2 + db**2)
+        rows = (-1,) + (1,) * (dw.ndim - 1)  # broadcast a per-neuron scale over w's row
+        out = {k: _normalize_node(d[k], p[k], norm, include_bias) for k in p if k not in ("w", "b")}
+        out["w"] = _scaled(dw, jnp.reshape(target, rows), jnp.reshape(current, rows))
+        out["b"] = _scaled(db, target, current)
+        return {k: out[k] for k in p}
+    if isinstance(p, dict):
+        return {k: _normalize_node(d[k], p[k], norm, include_bias) for k in p}
+    if type(p) in (list, tuple):
+        return type(p)(
+            _normalize_node(di, pi, norm, include_bias) for di, pi in zip(d, p, strict=True)
+        )
+    return jax.tree.map(lambda di, pi: _normalize_leaf(di, pi, norm, include_bias), d, p)
+
+
+def normalize_direction(
+    direction: PyTree, params: PyTree, *, norm: str = "filter", include_bias: bool = False
+) -> PyTree:
+    """Rescale a direction to the scale of ``params``, filter by filter (Li et al. 2018).
+
+    For an MLP a *filter* is one neuron's incoming weights, the row ``w^l_i``
+    of ``w^l``. Filter normalisation rescales every row of the direction:
+
+    .. math::
+
+        d^l_i \\leftarrow \\frac{d^l_i}{\\lVert d^l_i \\rVert}\\,\\lVert w^l_i \\rVert
+
+    so a step α along d changes every neuron by the same *relative* amount,
+    whatever the scale of its weights (ReLU networks are invariant to
+    rescaling a neuron's weights, so unnormalised plots of two networks cannot
+    be compared).
+
+    - ``norm="filter"``: as above; leaves with ≥ 2 dims are cut into filters
+      along their first axis (``w`` is ``(n_out, n_in)``: rows).
+    - ``norm="layer"``: each leaf as a whole: ``d ← d ‖θ‖ / ‖d‖``.
+    - ``norm="none"``: the direction unchanged.
+
+    Biases (every leaf with ≤ 1 dim) get a zero direction unless
+    ``include_bias=True`` (the reference code's default too: its
+    ``ignore='biasbn'``). With ``include_bias=True`` and ``norm="filter"``,
+    the bias joins its neuron's filter: in a layer ``{"w", "b"}`` the filter of
+    neuron i is the row ``[w_i, b_i]`` of the augmented matrix ``[w | b]``,
+    rescaled as a whole to the norm of ``[θ_w_i, θ_b_i]``. (Li et al.'s code
+    instead sets the direction of a 1-D parameter to the parameter itself.) A
+    1-D leaf that is not the bias of a layer is rescaled as a whole, as with
+    ``norm="layer"``. A filter of θ with norm 0 gives a zero direction row.
+
+    Args:
+      direction: a pytree shaped like ``params``, e.g. from :func:`random_direction`.
+      params: θ, the point the landscape is centred on.
+      norm: one of :data:`NORMS`.
+      include_bias: keep (and normalise) the bias directions instead of zeroing them.
+
+    Returns:
+      The normalised direction, a pytree shaped like ``params``.
+
+    Examples:
+      >>> params = [{"w": jnp.array([[3.0, 4.0], [0.0, 1.0]]), "b": jnp.ones(2)}]
+      >>> d = normalize_direction([{"w": jnp.ones((2, 2)), "b": jnp.ones(2)}], params)
+      >>> jnp.linalg.norm(d[0]["w"], axis=1).round(4).tolist(), d[0]["b"].tolist()
+      ([5.0, 1.0], [0.0, 0.0])
+
+    References:
+      Li, Xu, Taylor, Studer & Goldstein (2018), "Visualizing the Loss
+      Landscape of Neural Nets", NeurIPS, §4 (filter-wise normalisation).
+    """
+    _check_norm(norm)
+    _check_params("params", params)
+    _check_like("direction", direction, params)
+    return _normalize_node(direction, params, norm, bool(include_bias))
+
+
+def filter_normalized_direction(
+    key: jax.Array, params: PyTree, *, norm: str = "filter", include_bias: bool = False
+) -> PyTree:
+    """A random direction, normalised: ``normalize_direction(random_direction(key, θ), θ)``.
+
+    The default direction of a landscape plot (Li et al. 2018): Gaussian,
+    filter-normalised, zero on the biases.
+
+    Args:
+      key: a ``jax.random`` key.
+      params: θ.
+      norm: one of :data:`NORMS` (default ``"filter"``).
+      include_bias: see :func:`normalize_direction`.
+
+    Returns:
+      A pytree shaped like ``params``.
+
+    Examples:
+      >>> from gdjax import MLP
+      >>> params = MLP((2, 3, 1)).init(jax.random.key(0))
+      >>> d = filter_normalized_direction(jax.random.key(1), params)
+      >>> bool(jnp.allclose(jnp.linalg.norm(d[0]["w"], axis=1),
+      ...                   jnp.linalg.norm(params[0]["w"], axis=1)))
+      True
+
+    References:
+      Li et al. (2018), "Visualizing the Loss Landscape of Neural Nets".
+    """
+    _check_norm(norm)
+    return normalize_direction(
+        random_direction(key, params), params, norm=norm, include_bias=include_bias
+    )
+
+
+def _flat(tree: PyTree) -> jax.Array:
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def orthogonalize(d1: PyTree, d2: PyTree) -> tuple[PyTree, PyTree, float]:
+    """Make ``d2`` orthogonal to ``d1`` (one Gram–Schmidt step on the flattened vectors).
+
+    .. math::
+
+        \\cos = \\frac{⟨d_1, d_2⟩}{\\lVert d_1 \\rVert \\lVert d_2 \\rVert},\\qquad
+        d_2' = \\frac{\\lVert d_2 \\rVert}{\\lVert u \\rVert}\\, u,\\quad
+        u = d_2 - \\frac{⟨d_1, d_2⟩}{⟨d_1, d_1⟩} d_1
+
+    ``d2'`` keeps the overall norm of ``d2``; its filter norms change by a
+    factor of order ``1 ± |cos|`` (random directions in n dimensions have
+    ``|cos| ≈ 1/√n``), so normalise first, then orthogonalise.
+
+    Args:
+      d1: the first direction (returned unchanged).
+      d2: the second direction, with the structure and shapes of ``d1``.
+
+    Returns:
+      ``(d1, d2', cos)`` where ``cos`` (a float) is the cosine between ``d1``
+      and the *original* ``d2``.
+
+    Examples:
+      >>> d1, d2 = [jnp.array([1.0, 0.0])], [jnp.array([1.0, 1.0])]
+      >>> _, d2o, cos = orthogonalize(d1, d2)
+      >>> [round(float(v), 4) for v in d2o[0]], round(cos, 4)
+      ([0.0, 1.4142], 0.7071)
+    """
+    _check_params("d1", d1)
+    _check_like("d2", d2, d1, "d1")
+    v1, v2 = _flat(d1), _flat(d2)
+    n1, n2 = jnp.linalg.norm(v1), jnp.linalg.norm(v2)
+    if float(n1) == 0 or float(n2) == 0:
+        raise ValueError(
+            f"{'d1' if float(n1) == 0 else 'd2'}: expected a non-zero direction, got norm 0."
+        )
+    cos = float(jnp.dot(v1, v2) / (n1 * n2))
+    coef = jnp.dot(v1, v2) / jnp.dot(v1, v1)
+    u = jax.tree.map(lambda a, b: b - coef.astype(b.dtype) * a, d1, d2)
+    nu = jnp.linalg.norm(_flat(u))
+    if float(nu) <= 1e-6 * float(n2):
+        raise ValueError(
+            f"d2: expected a direction not parallel to d1, got cosine {cos:.6f} with d1."
+        )
+    scale = n2 / nu
+    return d1, jax.tree.map(lambda x: x * scale.astype(x.dtype), u), cos
+
+
+def interpolation_direction(params_a: PyTree, params_b: PyTree) -> PyTree:
+    """The direction from θ_a to θ_b: ``d = θ_b − θ_a``.
+
+    Sweeping ``f(θ_a + α d)`` over α ∈ [0, 1] (and beyond) gives the loss on
+    the line between two parameter sets, e.g. initialisation → trained
+    (Goodfellow et al. 2015) or two solutions; α = 0 is θ_a, α = 1 is θ_b.
+
+    Args:
+      params_a: θ_a.
+      params_b: θ_b, with the structure and shapes of ``params_a``.
+
+    Returns:
+      ``θ_b − θ_a``, a pytree shaped like the params.
+
+    Examples:
+      >>> interpolation_direction([jnp.array([1.0, 2.0])], [jnp.array([2.0, 0.0])])[0].tolist()
+      [1.0, -2.0]
+
+    References:
+      Goodfellow, Vinyals & Saxe (2015), "Qualitatively characterizing neural
+      network optimization problems", ICLR.
+    """
+    _check_params("params_a", params_a)
+    _check_like("params_b", params_b, params_a, "params_a")
+    return jax.tree.map(lambda a, b: jnp.asarray(b) - jnp.asarray(a), params_a, params_b)
+
+
+class PCADirections(NamedTuple):
+    """What :func:`pca_directions` returns.
+
+    Attributes:
+      directions: ``k`` unit-norm directions (flattened norm 1), each shaped
+        like the params, in order of decreasing explained variance.
+      coords: ``(T, k)`` float64: ``coords[t, j] = ⟨θ_t − θ_T, u_j⟩``, the
+        trajectory in the plane of the directions (the last row is 0).
+      explained_variance_ratio: ``(k,)`` float64: the fraction of the variance
+        of the rows of ``M`` along each direction.
+    """
+
+    directions: list[PyTree]
+    coords: np.ndarray
+    explained_variance_ratio: np.ndarray
+
+
+def pca_directions(trajectory: Sequence[PyTree], k: int = 2) -> PCADirections:
+    """Directions that best show a training trajectory (Li et al. 2018, §7).
+
+    With θ_1 … θ_T the recorded params (θ_T the final ones), the rows of
+
+    .. math::
+
+        M = [θ_1 − θ_T;\\ …;\\ θ_{T-1} − θ_T]
+
+    are centred (as scikit-learn's PCA, used by the reference code, does) and
+    the top ``k`` right singular vectors ``u_j`` of the centred matrix are the
+    directions. The sign of each is fixed so that its largest-magnitude entry
+    is positive. A landscape through θ_T along u_1, u_2 contains the
+    projected trajectory; the trajectory itself is generally *not* on that
+    surface, so plot the loss recorded at θ_t beside its projection.
+
+    Computed on the host in float64 (the matrix is ``(T−1) × n_params``).
+
+    Args:
+      trajectory: ``T ≥ k + 2`` params pytrees of the same structure, in order.
+      k: the number of directions.
+
+    Returns:
+      A :class:`PCADirections`.
+
+    Examples:
+      >>> traj = [[jnp.array([t, 0.5 * t, 0.0])] for t in (3.0, 2.0, 1.0, 0.0)]
+      >>> res = pca_directions(traj, k=1)
+      >>> res.coords[:, 0].round(3).tolist(), res.explained_variance_ratio.round(3).tolist()
+      ([3.354, 2.236, 1.118, 0.0], [1.0])
+
+    References:
+      Li et al. (2018), "Visualizing the Loss Landscape of Neural Nets", §7.
+    """
+    k = check_positive_int("k", k)
+    if isinstance(trajectory, str | bytes) or not isinstance(trajectory, Sequence):
+        raise ValueError(
+            f"trajectory: expected a list of params pytrees, got {type(trajectory).__name__}."
+        )
+    if len(trajectory) < k + 2:
+        raise ValueError(
+            f"trajectory: expected at least k + 2 = {k + 2} recorded params for k = {k} "
+            f"directions (the centred differences from the final params have rank ≤ T − 2), "
+            f"got {len(trajectory)}."
+        )
+    final = trajectory[-1]
+    _check_params("trajectory[-1]", final)
+    for t, p in enumerate(trajectory[:-1]):
+        _check_like(f"trajectory[{t}]", p, final, "trajectory[-1]")
+    rows = np.stack([np.asarray(jax.device_get(_flat(p)), dtype=np.float64) for p in trajectory])
+    if k > rows.shape[1]:
+        raise ValueError(f"k: expected at most {rows.shape[1]} (the number of params), got {k}.")
+    rel = rows - rows[-1]
+    m = rel[:-1]
+    _, s, vt = np.linalg.svd(m - m.mean(axis=0), full_matrices=False)
+    vt = vt[:k]
+    signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt), axis=1)])
+    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+    total = float(np.sum(s**2))
+    ratio = s[:k] ** 2 / total if total > 0 else np.zeros(k)
+    ratio = np.concatenate([ratio, np.zeros(k - ratio.size)])
+
+    leaves, treedef = jax.tree.flatten(final)
+    sizes = [int(np.size(x)) for x in leaves]
+    splits = np.cumsum(sizes)[:-1]
+    directions = []
+    for u in vt:
+        parts = np.split(u, splits)
+        directions.append(
+            jax.tree.unflatten(
+                treedef,
+                [
+                    jnp.asarray(part.reshape(np.shape(x)), dtype=jnp.result_type(x))
+                    for part, x in zip(parts, leaves, strict=True)
+                ],
+            )
+        )
+    return PCADirections(directions, rel @ vt.T, ratio)
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def _memory_budget(device) -> int:
+    """Bytes a sweep may use per device: a quarter of what is free, or 1 GiB."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory stats
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return max(int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 4, 1 << 20)
+    return CPU_MEMORY_BUDGET
+
+
+def _jaxpr_bytes(jaxpr) -> int:
+    """Sum of the sizes of every value a jaxpr defines (nested ones included): an upper bound."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = v.aval
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                total += math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, list | tuple) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _jaxpr_bytes(inner)
+    return total
+
+
+def default_vmap_width(f: Callable, params: PyTree, *args, num_directions: int = 2) -> int:
+    """The default number of points evaluated together under ``vmap`` on one device.
+
+    The memory of one point is estimated from the jaxpr of
+    ``f(θ + α d1 + β d2, *args)``: the sum of the sizes of all the values it
+    defines (an upper bound, since most die early). The width is the largest
+    power of two ``≤ 16`` whose points fit in a quarter of the free memory of
+    the first device (1 GiB where the backend reports no memory, as on CPU).
+    Tracing only; nothing is compiled.
+
+    Examples:
+      >>> default_vmap_width(lambda p: jnp.sum(p[0] ** 2), [jnp.ones(3)])
+      16
+    """
+
+    def point(c, params, dirs, args):
+        return f(_displace(params, dirs, c), *args)
+
+    coeff = jnp.zeros((num_directions,), _coeff_dtype(params))
+    jaxpr = jax.make_jaxpr(point)(coeff, params, [params] * num_directions, args).jaxpr
+    params_bytes = sum(
+        np.size(x) * np.dtype(jnp.result_type(x)).itemsize for x in jax.tree.leaves(params)
+    )
+    per_point = max(_jaxpr_bytes(jaxpr) + params_bytes, 1)
+    width = min(MAX_VMAP_WIDTH, max(_memory_budget(jax.devices()[0]) // per_point, 1))
+    return 1 << (int(width).bit_length() - 1)
+
+
+def _coeff_dtype(params: PyTree):
+    return jnp.result_type(*jax.tree.leaves(params))
+
+
+def _displace(params: PyTree, dirs: Sequence[PyTree], c: jax.Array) -> PyTree:
+    """θ + Σ_i c_i d_i, leaf by leaf, in each leaf's dtype."""
+
+    def leaf(p, *ds):
+        step = c[0].astype(p.dtype) * ds[0]
+        for i in range(1, len(ds)):
+            step = step + c[i].astype(p.dtype) * ds[i]
+        return p + step
+
+    return jax.tree.map(leaf, params, *dirs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _eval_chunk(f, mesh: Mesh, width: int, params, dirs, coeffs, args):
+    """f at θ + Σ c_i d_i for each row c of ``coeffs``, sharded over "points", in blocks."""
+
+    def local(params, dirs, coeffs, args):
+        def point(c):
+            return f(_displace(params, dirs, c), *args)
+
+        blocks = jnp.reshape(coeffs, (-1, width, coeffs.shape[-1]))
+        out = jax.lax.map(jax.vmap(point), blocks)
+        return jax.tree.map(lambda o: jnp.reshape(o, (-1,)), out)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), P(), P("points"), P()),
+        out_specs=P("points"),
+    )(params, dirs, coeffs, args)
+
+
+def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    """Place host copies of the leaves of ``tree`` with ``sharding`` (multi-process safe)."""
+
+    def one(x):
+        arr = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+
+    return jax.tree.map(one, tree)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _output_spec(f: Callable, params: PyTree, args: tuple) -> dict[str, np.dtype] | np.dtype:
+    """The names and dtypes of f's outputs (tracing only), checked to be floating scalars."""
+    out = jax.eval_shape(f, params, *args)
+
+    def check(name, s):
+        if not (hasattr(s, "shape") and s.shape == () and jnp.issubdtype(s.dtype, jnp.floating)):
+            got = f"shape {s.shape}, dtype {s.dtype}" if hasattr(s, "shape") else type(s).__name__
+            raise ValueError(
+                f"f: expected f(params, *args) to return a floating scalar or a dict of "
+                f"them (e.g. {{'loss': …, 'accuracy': …}}), got {name}{got}."
+            )
+        return np.dtype(s.dtype)
+
+    if isinstance(out, Mapping):
+        if not out or not all(isinstance(k, str) for k in out):
+            raise ValueError(
+                f"f: expected a dict with string keys of floating scalars, got keys {list(out)}."
+            )
+        return {k: check(f"[{k!r}] ", out[k]) for k in sorted(out)}
+    return check("", out)
+
+
+def _hash(tree: PyTree) -> str:
+    h = hashlib.sha256()
+    for path, leaf in _paths(tree):
+        arr = np.asarray(jax.device_get(leaf))
+        h.update(f"{path}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _sweep(
+    f: Callable,
+    params: PyTree,
+    dirs: list[PyTree],
+    axes: list[np.ndarray],
+    args: tuple,
+    *,
+    kind: str,
+    chunk_size: int | None,
+    vmap_width: int | None,
+    out: str | os.PathLike | None,
+    max_chunks: int | None,
+    progress: bool,
+    callback: Callable[[int, int], None] | None,
+) -> Values:
+    # ---- checks: all before anything is compiled
+    if not callable(f):
+        raise ValueError(f"f: expected a function f(params, *args), got {type(f).__name__}.")
+    _check_params("params", params)
+    for i, d in enumerate(dirs):
+        _check_like(f"d{i + 1}" if len(dirs) > 1 else "direction", d, params)
+    if chunk_size is not None:
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+    if vmap_width is not None:
+        vmap_width = check_positive_int("vmap_width", vmap_width)
+    if max_chunks is not None:
+        max_chunks = check_positive_int("max_chunks", max_chunks)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback: expected a function, got {type(callback).__name__}.")
+    spec = _output_spec(f, params, args)
+    names = list(spec) if isinstance(spec, dict) else [None]
+    dtypes = spec if isinstance(spec, dict) else {None: spec}
+
+    shape = tuple(a.size for a in axes)
+    n_points = math.prod(shape)
+    config = {
+        "kind": kind,
+        "shape": list(shape),
+        "grid": _hash([np.asarray(a) for a in axes]),
+        "params": _hash(params),
+        "directions": _hash(dirs),
+        "args": _hash(list(args)),
+        "f": getattr(f, "__qualname__", type(f).__name__),
+        "outputs": {str(k): np.dtype(v).name for k, v in dtypes.items()},
+        "vmap_width": vmap_width,
+    }
+
+    # ---- resume: the stored state, if any
+    out_dir = Path(out) if out is not None else None
+    values = {name: np.full(n_points, np.nan, dtypes[name]) for name in names}
+    done = np.zeros(n_points, bool)
+    calls: list[dict[str, Any]] = []
+    if out_dir is not None and (out_dir / GRID_FILE).is_file():
+        stored, done, values = _load_state(out_dir, names)
+        if vmap_width is None:
+            config["vmap_width"] = stored.get("vmap_width")
+        diff = [k for k in config if stored.get(k) != config[k]]
+        if diff:
+            raise ValueError(
+                f"out: expected {out_dir} to hold this sweep, or none, got a different sweep "
+                f"(differs in: {', '.join(diff)}). Use another directory, or delete "
+                f"{out_dir / GRID_FILE} to start over."
+            )
+        calls = _read_calls(out_dir)
+    if config["vmap_width"] is None:
+        config["vmap_width"] = default_vmap_width(f, params, *args, num_directions=len(dirs))
+    width = int(config["vmap_width"])
+
+    devices = jax.devices()
+    n_dev = len(devices)
+    unit = width * n_dev
+    if chunk_size is None:
+        chunk_size = min(CHUNK_BLOCKS * unit, n_points)
+    chunk = -(-chunk_size // unit) * unit  # round up: every device gets whole blocks
+
+    grids = np.meshgrid(*axes, indexing="ij")
+    coeffs_all = np.stack([g.ravel() for g in grids], axis=1)
+    pending = np.flatnonzero(~done)
+    chunks = [pending[i : i + chunk] for i in range(0, pending.size, chunk)]
+    if max_chunks is not None:
+        chunks = chunks[:max_chunks]
+
+    writer = out_dir is not None and jax.process_index() == 0
+    call = {
+        "points_computed": 0,
+        "chunks": 0,
+        "chunk_size": chunk,
+        "devices": n_dev,
+        "wall_s": 0.0,
+    }
+    calls.append(call)
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in (GRID_FILE, META_FILE):  # left by a process killed while writing
+            for stale in out_dir.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        _save_state(out_dir, config, axes, done, values, calls, n_points)
+
+    if chunks:
+        mesh = Mesh(np.asarray(devices), ("points",))
+        replicated = NamedSharding(mesh, P())
+        by_point = NamedSharding(mesh, P("points"))
+        dtype = np.dtype(_coeff_dtype(params))
+        dev_params, dev_dirs, dev_args = _put((params, dirs, args), replicated)
+    bar = _progress_bar(n_points, int(done.sum()), progress, kind)
+    start = time.perf_counter()
+    try:
+        for idx in chunks:
+            block = np.zeros((chunk, len(axes)), dtype)  # padding = θ itself
+            block[: idx.size] = coeffs_all[idx]
+            res = _eval_chunk(f, mesh, width, dev_params, dev_dirs, _put(block, by_point), dev_args)
+            for name in names:
+                res_name = res if name is None else res[name]
+                values[name][idx] = _to_host(res_name)[: idx.size]
+            done[idx] = True
+            call["points_computed"] += int(idx.size)
+            call["chunks"] += 1
+            call["wall_s"] = round(time.perf_counter() - start, 3)
+            if writer:
+                _save_state(out_dir, config, axes, done, values, calls, n_points)
+            bar.update(int(idx.size))
+            if callback is not None:
+                callback(int(done.sum()), n_points)
+    finally:
+        bar.close()
+
+    result = {name: values[name].reshape(shape) for name in names}
+    return result[None] if names == [None] else result
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, kind: str):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"sweep {kind}", unit="pt", dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _value_key(name: str | None) -> str:
+    return "values" if name is None else f"values/{name}"
+
+
+def _save_state(out_dir, config, axes, done, values, calls, n_points) -> None:
+    shape = tuple(config["shape"])
+    arrays = {"config": np.array(json.dumps(config, sort_keys=True)), "done": done.reshape(shape)}
+    arrays.update(
+        {
+            name: np.asarray(a)
+            for name, a in zip(("alphas", "betas")[: len(axes)], axes, strict=True)
+        }
+    )
+    arrays.update({_value_key(name): v.reshape(shape) for name, v in values.items()})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(out_dir / GRID_FILE, buf.getvalue())
+    atomic_write_json(
+        out_dir / META_FILE,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": config,
+            "points_total": n_points,
+            "points_done": int(done.sum()),
+            "calls": calls,
+        },
+    )
+
+
+def _load_state(out_dir: Path, names: list) -> tuple[dict, np.ndarray, dict]:
+    path = out_dir / GRID_FILE
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stored = json.loads(str(npz["config"][()]))
+            done = np.asarray(npz["done"]).ravel()
+            values = {
+                name: np.array(npz[_value_key(name)]).ravel()
+                for name in names
+                if _value_key(name) in npz.files
+            }
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"out: expected {path} to be a sweep written by gdjax.landscape, got an unreadable "
+            f"file ({e}). Delete it to start over."
+        ) from None
+    if len(values) != len(names):
+        values = {}  # output names differ: the config comparison reports it
+    return stored, done, values
+
+
+def _read_calls(out_dir: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads((out_dir / META_FILE).read_text())["calls"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def sweep_1d(
+    f: Callable[..., Any],
+    params: PyTree,
+    direction: PyTree,
+    alphas: Sequence[float] | np.ndarray,
+    *args: Any,
+    chunk_size: int | None = None,
+    vmap_width: int | None = None,
+    out: str | os.PathLike | None = None,
+    max_chunks: int | None = None,
+    progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
+) -> Values:
+    """``f(θ + α d, *args)`` for every α in ``alphas``.
+
+    .. math::
+
+        g_i = f(θ + α_i d)
+
+    ``α`` is cast to the params dtype before the step is taken.
+
+    Args:
+      f: ``f(params, *args)`` returning a floating scalar or a dict of them,
+        e.g. ``gdjax.objective(model, "mse")`` or
+        ``functools.partial(gdjax.train.evaluate, model, loss)``.
+      params: θ.
+      direction: d, shaped like ``params``.
+      alphas: 1-D, at least 2 finite, strictly increasing values.
+      *args: passed to ``f`` unchanged (e.g. ``x, y``), replicated on every device.
+      chunk_size: grid points per compiled call (and per checkpoint); rounded
+        up to a multiple of ``vmap_width × number of devices``. Default:
+        8 blocks per device, at most the whole grid. Does not change the values.
+      vmap_width: points evaluated together under ``vmap`` on one device.
+        Default (``None``): from :func:`default_vmap_width`, or the stored
+        width when resuming. Part of the sweep's identity.
+      out: a directory to write the sweep into as it goes, and to resume from.
+      max_chunks: stop after computing this many chunks (the rest stays NaN).
+      progress: show a tqdm progress bar of points done.
+      callback: called as ``callback(points_done, points_total)`` after each
+        chunk is stored.
+
+    Returns:
+      A float array of shape ``(len(alphas),)``, or a dict of them when ``f``
+      returns a dict; NaN at points not computed (``max_chunks``).
+
+    Examples:
+      >>> params = [jnp.array([1.0, 2.0])]
+      >>> f = lambda p: jnp.sum(p[0] ** 2)
+      >>> sweep_1d(f, params, [jnp.array([1.0, 0.0])], [-1.0, 0.0, 1.0]).tolist()
+      [4.0, 5.0, 8.0]
+
+    References:
+      Goodfellow, Vinyals & Saxe (2015); Li et al. (2018).
+    """
+    return _sweep(
+        f,
+        params,
+        [direction],
+        [_check_axis("alphas", alphas)],
+        args,
+        kind="1d",
+        chunk_size=chunk_size,
+        vmap_width=vmap_width,
+        out=out,
+        max_chunks=max_chunks,
+        progress=progress,
+        callback=callback,
+    )
+
+
+def sweep_2d(
+    f: Callable[..., Any],
+    params: PyTree,
+    d1: PyTree,
+    d2: PyTree,
+    alphas: Sequence[float] | np.ndarray,
+    betas: Sequence[float] | np.ndarray,
+    *args: Any,
+    chunk_size: int | None = None,
+    vmap_width: int | None = None,
+    out: str | os.PathLike | None = None,
+    max_chunks: int | None = None,
+    progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
+) -> Values:
+    """``f(θ + α d1 + β d2, *args)`` on the grid ``alphas × betas``.
+
+    .. math::
+
+        g_{ij} = f(θ + α_i d_1 + β_j d_2)
+
+    The loss surface of Li et al. (2018) with filter-normalised ``d1, d2``
+    (:func:`filter_normalized_direction`). Points run in row-major order
+    (α outer), in chunks; see the module docstring for sharding, bitwise
+    invariance and the resumable ``out`` directory, which holds
+    ``grid.npz`` (``config``: JSON with the hashes that identify the sweep;
+    ``alphas``, ``betas``; ``done``: bool ``(len(alphas), len(betas))``;
+    ``values`` or ``values/<name>``: the grid, NaN where not done) and
+    ``sweep.json`` (the config, ``points_done``, ``points_total`` and
+    ``calls``: one entry per call with ``points_computed``, ``chunks``,
+    ``chunk_size``, ``devices``, ``wall_s``).
+
+    Args:
+      f: ``f(params, *args)`` returning a floating scalar or a dict of them.
+      params: θ, the centre of the plane.
+      d1: the α direction, shaped like ``params``.
+      d2: the β direction, shaped like ``params``.
+      alphas: 1-D, at least 2 finite, strictly increasing values.
+      betas: likewise.
+      *args: passed to ``f`` unchanged (e.g. ``x, y``), replicated on every device.
+      chunk_size: grid points per compiled call (and per checkpoint); rounded
+        up to a multiple of ``vmap_width × number of devices``. Default:
+        8 blocks per device, at most the whole grid. Does not change the values.
+      vmap_width: points evaluated together under ``vmap`` on one device.
+        Default (``None``): from :func:`default_vmap_width`, or the stored
+        width when resuming. Part of the sweep's identity.
+      out: a directory to write the sweep into as it goes, and to resume from.
+      max_chunks: stop after computing this many chunks (the rest stays NaN).
+      progress: show a tqdm progress bar of points done.
+      callback: called as ``callback(points_done, points_total)`` after each
+        chunk is stored.
+
+    Returns:
+      A float array of shape ``(len(alphas), len(betas))``, or a dict of them
+      when ``f`` returns a dict; NaN at points not computed (``max_chunks``).
+
+    Examples:
+      >>> params = [jnp.array([1.0, 2.0])]
+      >>> f = lambda p: jnp.sum(p[0] ** 2)
+      >>> e1, e2 = [jnp.array([1.0, 0.0])], [jnp.array([0.0, 1.0])]
+      >>> sweep_2d(f, params, e1, e2, [-1.0, 0.0], [0.0, 1.0]).tolist()
+      [[4.0, 9.0], [5.0, 10.0]]
+
+    References:
+      Li, Xu, Taylor, Studer & Goldstein (2018), "Visualizing the Loss
+      Landscape of Neural Nets", NeurIPS.
+    """
+    return _sweep(
+        f,
+        params,
+        [d1, d2],
+        [_check_axis("alphas", alphas), _check_axis("betas", betas)],
+        args,
+        kind="2d",
+        chunk_size=chunk_size,
+        vmap_width=vmap_width,
+        out=out,
+        max_chunks=max_chunks,
+        progress=progress,
+        callback=callback,
+    )
