@@ -19,7 +19,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_second():
     commands = [b.strip() for b in _blocks("bash")]
     assert len(commands) == 2, commands
     install_and_run, install_and_test = commands
-    assert "scripts/seed_example.py" in install_and_run
+    assert "scripts/landscape.py" in install_and_run
     assert "pytest" in install_and_test
     assert install_and_test in (ROOT / ".ci" / "run").read_text()
 

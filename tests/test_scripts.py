@@ -88,3 +88,69 @@ def test_train_script_exits_non_zero_when_training_diverges(tmp_path, capsys):
     with pytest.warns(DivergedWarning):
         assert train_script.main(argv) == 1
     assert runs.load_run(tmp_path / "run").meta["diverged"].startswith("training diverged")
+
+
+def _png_shape(path) -> tuple[int, ...]:
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    return imread(path).shape
+
+
+def test_landscape_script_default_run_writes_figures_and_resumes(tmp_path, capsys):
+    landscape_script = _load_script("landscape")
+    out = tmp_path / "land"
+    argv = ["--out", str(out), "--resolution", "9", "--epochs", "30", "--no-progress"]
+    assert landscape_script.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    expected = {
+        "landscape_2d.png",
+        "landscape_surface.png",
+        "interpolation.png",
+        "pca_trajectory.png",
+        "convex_vs_nonconvex.png",
+    }
+    assert set(summary["figures"]) == expected
+    for name in expected:
+        height, width, _ = _png_shape(out / name)
+        assert height > 300 and width > 400, name
+    # the centre of the random plane is θ* itself
+    grid = np.load(out / "sweeps" / "random_2d" / "grid.npz")
+    assert grid["values/loss"].shape == (9, 9) and grid["done"].all()
+    np.testing.assert_allclose(grid["values/loss"][4, 4], summary["loss_at_theta"], rtol=1e-6)
+    projection = np.load(out / "trajectory_projection.npz")
+    assert projection["coords"].shape[1] == 2
+    assert projection["actual_loss"].shape == (projection["coords"].shape[0],)
+
+    # a second run reuses the training and computes no sweep point again
+    assert landscape_script.main(argv) == 0
+    for sweep in ("random_2d", "interpolation", "pca_2d", "convex_2d"):
+        calls = json.loads((out / "sweeps" / sweep / "sweep.json").read_text())["calls"]
+        assert calls[-1]["points_computed"] == 0, sweep
+
+
+def test_landscape_script_takes_a_train_run_directory(tmp_path, capsys):
+    train_script = _load_script("train")
+    run_dir = tmp_path / "run"
+    assert (
+        train_script.main(
+            [
+                "--data",
+                "circles",
+                "--hidden",
+                "8",
+                "--epochs",
+                "20",
+                "--no-progress",
+                "--out",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
+    landscape_script = _load_script("landscape")
+    assert landscape_script.main([str(run_dir), "--resolution", "7", "--no-progress"]) == 0
+    summary = json.loads((run_dir / "landscape" / "summary.json").read_text())
+    assert "landscape_2d.png" in summary["figures"] and "pca" not in summary
+    run = runs.load_run(run_dir)
+    assert summary["loss_at_theta"] == pytest.approx(float(run.history["train_loss"][-1]), rel=1e-5)

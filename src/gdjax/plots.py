@@ -1,4 +1,4 @@
-"""Figures for papers: training curves (more kinds join as the landscape and curvature work lands).
+"""Figures for papers: training curves and loss landscapes.
 
 Figures are built on ``matplotlib.figure.Figure`` directly, without pyplot, so
 they work headless and never touch a global figure state. Save them with
@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["training_curves", "save"]
+__all__ = [
+    "training_curves",
+    "landscape_1d",
+    "landscape_2d",
+    "landscape_surface",
+    "convex_vs_nonconvex",
+    "save",
+]
 
 
 def training_curves(history: Mapping[str, np.ndarray], *, title: str | None = None) -> Figure:
@@ -87,6 +94,147 @@ def training_curves(history: Mapping[str, np.ndarray], *, title: str | None = No
         ax.legend(fontsize=7, ncols=2 if panel == "gradients" and norms.shape[1] > 6 else 1)
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _values(values, name: str = "loss") -> np.ndarray:
+    return np.asarray(values[name] if isinstance(values, Mapping) else values)
+
+
+def landscape_1d(
+    alphas: np.ndarray, values, *, title: str | None = None, xlabel: str = r"$\alpha$"
+) -> Figure:
+    """C(θ + α d) against α, with accuracy on a second axis when ``values`` has it.
+
+    ``values`` is an array, or a dict with ``"loss"`` (and ``"accuracy"``) as
+    returned by :func:`gdjax.landscape.sweep_1d`.
+    """
+    fig = Figure(figsize=(4.8, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(alphas, _values(values), color="C0", lw=1.6, label="loss")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("cost C", color="C0")
+    ax.grid(alpha=0.3)
+    if isinstance(values, Mapping) and "accuracy" in values:
+        twin = ax.twinx()
+        twin.plot(alphas, values["accuracy"], color="C3", lw=1.2, ls="--", label="accuracy")
+        twin.set_ylabel("accuracy", color="C3")
+        twin.set_ylim(0, 1.02)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def _log_levels(z: np.ndarray, num: int) -> np.ndarray:
+    finite = z[np.isfinite(z) & (z > 0)]
+    return np.geomspace(finite.min(), finite.max(), num)
+
+
+def landscape_2d(
+    alphas: np.ndarray,
+    betas: np.ndarray,
+    values,
+    *,
+    levels: int = 30,
+    log_levels: bool = True,
+    filled: bool = True,
+    trajectory: np.ndarray | None = None,
+    trajectory_loss: np.ndarray | None = None,
+    title: str | None = None,
+    labels: tuple[str, str] = (r"$\alpha$ (direction 1)", r"$\beta$ (direction 2)"),
+) -> Figure:
+    """Contours of C(θ + α d1 + β d2) over the grid, optionally with a trajectory.
+
+    ``values[i, j]`` is the cost at ``(alphas[i], betas[j])``. Levels are
+    log-spaced by default, so the basin's floor and its walls both show.
+    ``trajectory`` is a ``(T, 2)`` array of projected coordinates; its markers are
+    coloured by ``trajectory_loss``, the *actual* cost at each recorded point, so
+    the figure never suggests that the path lies on the plotted surface.
+    """
+    z = _values(values).T  # contour wants (len(betas), len(alphas))
+    fig = Figure(figsize=(5.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    lv = _log_levels(z, levels) if log_levels and np.any(z > 0) else levels
+    norm = None
+    if log_levels:
+        from matplotlib.colors import LogNorm
+
+        norm = LogNorm(vmin=np.min(lv), vmax=np.max(lv))
+    mappable = None
+    if filled:
+        mappable = ax.contourf(
+            alphas, betas, z, levels=lv, cmap="viridis", norm=norm, extend="both"
+        )
+    ax.contour(alphas, betas, z, levels=lv, colors="k", linewidths=0.4, alpha=0.6, norm=norm)
+    if trajectory is not None:
+        trajectory = np.asarray(trajectory)
+        ax.plot(trajectory[:, 0], trajectory[:, 1], color="w", lw=1.0)
+        # Same colour scale as the surface: where a marker's colour differs from the
+        # surface under it, the path is off the plane.
+        sc = ax.scatter(
+            trajectory[:, 0],
+            trajectory[:, 1],
+            s=16,
+            c=trajectory_loss,
+            cmap="viridis",
+            norm=norm,
+            edgecolors="w",
+            linewidths=0.6,
+            zorder=3,
+        )
+        mappable = mappable or sc
+    if mappable is not None:
+        label = "cost C" + (
+            " (surface; markers: actual C on the path)" if trajectory_loss is not None else ""
+        )
+        bar = fig.colorbar(mappable, ax=ax, label=label, format="%.2g")
+        if log_levels and np.ndim(lv):
+            bar.set_ticks(np.geomspace(np.min(lv), np.max(lv), 6))
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def _surface(ax, alphas, betas, z, log: bool) -> None:
+    a, b = np.meshgrid(alphas, betas, indexing="ij")
+    shown = np.log10(np.maximum(z, np.finfo(float).tiny)) if log else z
+    ax.plot_surface(a, b, shown, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set_xlabel(r"$\alpha$")
+    ax.set_ylabel(r"$\beta$")
+    ax.set_zlabel(r"$\log_{10} C$" if log else "C")
+
+
+def landscape_surface(
+    alphas: np.ndarray, betas: np.ndarray, values, *, log: bool = False, title: str | None = None
+) -> Figure:
+    """The 3-D surface C(θ + α d1 + β d2) (``log=True`` plots log₁₀ C)."""
+    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
+    ax = fig.add_subplot(projection="3d")
+    _surface(ax, alphas, betas, _values(values), log)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def convex_vs_nonconvex(
+    convex: tuple[np.ndarray, np.ndarray, np.ndarray],
+    nonconvex: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    titles: tuple[str, str] = ("linear regression (convex)", "deep net (non-convex)"),
+) -> Figure:
+    """Two surfaces side by side, as in the seed's picture: a convex bowl and a deep net.
+
+    Each argument is ``(alphas, betas, values)`` from :func:`gdjax.landscape.sweep_2d`.
+    """
+    fig = Figure(figsize=(9.6, 4.2), layout="constrained")
+    for i, ((alphas, betas, values), title) in enumerate(
+        zip((convex, nonconvex), titles, strict=True)
+    ):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+        _surface(ax, alphas, betas, _values(values), log=False)
+        ax.set_title(title, fontsize=10)
     return fig
 
 

@@ -1,0 +1,302 @@
+"""Loss-landscape sweeps around a trained MLP, with plots: gdjax's main job.
+
+    python scripts/landscape.py                  # trains a small default model first
+    python scripts/landscape.py runs/<run-dir>   # a run directory from scripts/train.py
+
+With no run directory it trains a tanh MLP (2, 16, 16, 1) on two moons with
+full-batch Adam, recording the trajectory, then sweeps:
+
+- the line from the initial to the trained params, θ(α) = θ₀ + α (θ* − θ₀)
+  (Goodfellow et al. 2015);
+- the plane of two filter-normalised random directions around θ* (Li et al. 2018);
+- the plane of the trajectory's two PCA directions, with the path drawn over it
+  and coloured by the *actual* loss at each recorded point (Li et al. 2018, §7);
+- the same random plane around the least-squares solution of linear regression,
+  for the convex-versus-deep-net figure of the seed tutorial.
+
+Everything goes to ``--out`` (default ``results/landscape`` or ``<run-dir>/landscape``):
+config.json, the resumable sweep directories under sweeps/, summary.json and
+the figures. Run the same command again after an interruption and the sweeps
+continue where they stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gdjax import MLP, data, landscape, plots, runs, train
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", nargs="?", help="a run directory from scripts/train.py")
+    p.add_argument("--out", default=None, help="results directory")
+    p.add_argument("--resolution", type=int, default=41, help="grid points per axis")
+    p.add_argument("--span", type=float, default=1.0, help="sweep α, β over [−span, span]")
+    p.add_argument("--norm", default="filter", choices=landscape.NORMS)
+    p.add_argument("--epochs", type=int, default=300, help="default model's training epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def make_loss_and_accuracy(model: MLP, loss: str):
+    """f(params, x, y) → {"loss", "accuracy"?}: what every sweep evaluates."""
+
+    def loss_and_accuracy(params, x, y):
+        return train.evaluate(model, loss, params, x, y)
+
+    return loss_and_accuracy
+
+
+def train_default(out: Path, args) -> tuple[runs.Run, list]:
+    """Train (or, on a rerun, reload) the default moons model and its trajectory."""
+    run_dir, traj_file = out / "train", out / "trajectory.npz"
+    model = MLP((2, 16, 16, 1), activation="tanh")
+    if (run_dir / "meta.json").is_file() and traj_file.is_file():
+        run = runs.load_run(run_dir)
+        stored = np.load(traj_file)
+        trajectory = [
+            [{"w": stored[f"{t}/{i}/w"], "b": stored[f"{t}/{i}/b"]} for i in range(2 + 1)]
+            for t in range(int(stored["length"]))
+        ]
+        return run, trajectory
+    data_kwargs = {"n": 400, "noise": 0.15}
+    data_key, train_key = jax.random.split(jax.random.key(args.seed))
+    init_key, fit_key = jax.random.split(train_key)
+    ds = data.moons(data_key, **data_kwargs)
+    params = model.init(init_key)
+    trajectory = [jax.tree.map(np.asarray, params)]
+
+    def record(epoch, params, opt_state, history):
+        trajectory.append(jax.tree.map(np.asarray, params))
+
+    result = train.fit(
+        model,
+        ds.loss,
+        "adam",
+        ds,
+        epochs=args.epochs,
+        key=fit_key,
+        params=params,
+        learning_rate=0.02,
+        callback=record,
+        callback_every=max(1, args.epochs // 30),
+        eval_every=10,
+        progress=not args.no_progress,
+    )
+    config = {
+        "data": "moons",
+        "data_kwargs": data_kwargs,
+        "loss": ds.loss,
+        "optimizer": "adam",
+        "hyperparams": {"learning_rate": 0.02},
+        "epochs": args.epochs,
+        "seed": args.seed,
+    }
+    runs.save_run(
+        run_dir,
+        model=model,
+        config=config,
+        params=result.params,
+        opt_state=result.opt_state,
+        history=result.history,
+    )
+    flat = {
+        f"{t}/{i}/{k}": v
+        for t, ps in enumerate(trajectory)
+        for i, p in enumerate(ps)
+        for k, v in p.items()
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, length=len(trajectory), **flat)
+    runs.atomic_write_bytes(traj_file, buffer.getvalue())
+    return runs.load_run(run_dir), trajectory
+
+
+def dataset_for(run: runs.Run) -> data.Dataset:
+    """The run's data, regenerated as scripts/train.py draws it: key = split(key(seed))[0]."""
+    cfg = run.config
+    data_key = jax.random.split(jax.random.key(cfg["seed"]))[0]
+    return data.get(cfg["data"], data_key, **cfg.get("data_kwargs", {}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    out = Path(
+        args.out or (Path(args.run_dir) / "landscape" if args.run_dir else "results/landscape")
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_json(
+        out / "config.json",
+        {
+            **vars(args),
+            "command": " ".join(
+                ["python", "scripts/landscape.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
+        },
+    )
+    progress = not args.no_progress
+    sweep_kw = dict(chunk_size=args.chunk_size, progress=progress)
+
+    if args.run_dir:
+        run, trajectory = runs.load_run(args.run_dir), None
+    else:
+        run, trajectory = train_default(out, args)
+    ds = dataset_for(run)
+    model, params = run.model, run.params
+    loss = run.config["loss"]
+    f = make_loss_and_accuracy(model, loss)
+    grid = np.linspace(-args.span, args.span, args.resolution)
+    summary: dict = {
+        "model": runs.model_to_dict(model),
+        "loss_at_theta": float(f(params, ds.x, ds.y)["loss"]),
+    }
+    figures = []
+
+    def save(fig, name):
+        path = plots.save(fig, out / f"{name}.{args.format}")
+        figures.append(path.name)
+
+    # 1. the random filter-normalised plane around θ*
+    k1, k2 = jax.random.split(jax.random.key(args.seed + 1))
+    d1 = landscape.filter_normalized_direction(k1, params, norm=args.norm)
+    d2 = landscape.filter_normalized_direction(k2, params, norm=args.norm)
+    d1, d2, cosine = landscape.orthogonalize(d1, d2)
+    plane = landscape.sweep_2d(
+        f, params, d1, d2, grid, grid, ds.x, ds.y, out=out / "sweeps" / "random_2d", **sweep_kw
+    )
+    summary["random_2d"] = {
+        "cosine_before_orthogonalising": cosine,
+        "min_loss": float(np.nanmin(plane["loss"])),
+        "max_loss": float(np.nanmax(plane["loss"])),
+    }
+    what = f"{model.sizes} {model.activation.name} on {ds.name}"
+    save(
+        plots.landscape_2d(grid, grid, plane, title=f"{args.norm}-normalised random plane, {what}"),
+        "landscape_2d",
+    )
+    save(plots.landscape_surface(grid, grid, plane, title=what), "landscape_surface")
+
+    # 2. the line from θ₀ to θ*, and 3. the PCA plane of the trajectory
+    if trajectory is not None:
+        theta0 = jax.tree.map(jnp.asarray, trajectory[0])
+        line = np.linspace(-0.5, 1.5, 81)  # steps of 0.025: 0 (init) and 1 (trained) on it
+        interp = landscape.sweep_1d(
+            f,
+            theta0,
+            landscape.interpolation_direction(theta0, params),
+            line,
+            ds.x,
+            ds.y,
+            out=out / "sweeps" / "interpolation",
+            **sweep_kw,
+        )
+        save(
+            plots.landscape_1d(
+                line,
+                interp,
+                title=f"θ₀ + α(θ* − θ₀), {what}",
+                xlabel=r"$\alpha$ (0: init, 1: trained)",
+            ),
+            "interpolation",
+        )
+        pca = landscape.pca_directions([jax.tree.map(jnp.asarray, t) for t in trajectory])
+        coords = pca.coords
+        lo, hi = coords.min(0), coords.max(0)
+        pad = 0.25 * (hi - lo) + 1e-3
+        alphas = np.linspace(lo[0] - pad[0], hi[0] + pad[0], args.resolution)
+        betas = np.linspace(lo[1] - pad[1], hi[1] + pad[1], args.resolution)
+        pca_plane = landscape.sweep_2d(
+            f,
+            params,
+            *pca.directions,
+            alphas,
+            betas,
+            ds.x,
+            ds.y,
+            out=out / "sweeps" / "pca_2d",
+            **sweep_kw,
+        )
+        path_loss = np.array(
+            [float(f(jax.tree.map(jnp.asarray, t), ds.x, ds.y)["loss"]) for t in trajectory]
+        )
+        np.savez(
+            out / "trajectory_projection.npz",
+            coords=coords,
+            actual_loss=path_loss,
+            explained_variance_ratio=pca.explained_variance_ratio,
+        )
+        ev = pca.explained_variance_ratio
+        save(
+            plots.landscape_2d(
+                alphas,
+                betas,
+                pca_plane,
+                trajectory=coords,
+                trajectory_loss=path_loss,
+                title=f"training path on its PCA plane ({ev[0]:.0%}, {ev[1]:.0%} of variance)",
+                labels=("PC 1", "PC 2"),
+            ),
+            "pca_trajectory",
+        )
+        summary["interpolation"] = {
+            "loss_at_init": float(interp["loss"][np.argmin(abs(line))]),
+            "max_loss_between": float(np.max(interp["loss"][(line >= 0) & (line <= 1)])),
+        }
+        summary["pca"] = {"explained_variance_ratio": ev.tolist()}
+
+    # 4. the convex bowl of linear regression beside the deep net
+    lr_ds = data.linear_regression(jax.random.key(args.seed), n=200, d=2, noise=0.3)
+    lr_model = MLP((2, 1), output_activation="identity")
+    design = np.concatenate([np.asarray(lr_ds.x), np.ones((lr_ds.num_train, 1))], axis=1)
+    solution = np.linalg.lstsq(design, np.asarray(lr_ds.y), rcond=None)[0]
+    lr_params = [
+        {"w": jnp.asarray(solution[:2].T, jnp.float32), "b": jnp.asarray(solution[2], jnp.float32)}
+    ]
+    # its two weights are the axes: C is a quadratic in them, a bowl
+    c1 = [{"w": jnp.array([[1.0, 0.0]]), "b": jnp.zeros(1)}]
+    c2 = [{"w": jnp.array([[0.0, 1.0]]), "b": jnp.zeros(1)}]
+    bowl = landscape.sweep_2d(
+        make_loss_and_accuracy(lr_model, "mse"),
+        lr_params,
+        c1,
+        c2,
+        grid * 2,
+        grid * 2,
+        lr_ds.x,
+        lr_ds.y,
+        out=out / "sweeps" / "convex_2d",
+        **sweep_kw,
+    )
+    save(
+        plots.convex_vs_nonconvex(
+            (grid * 2, grid * 2, bowl),
+            (grid, grid, plane),
+            titles=("linear regression: a convex bowl", f"deep net {model.sizes}: non-convex"),
+        ),
+        "convex_vs_nonconvex",
+    )
+
+    summary["figures"] = figures
+    summary["wall_time_s"] = time.perf_counter() - start
+    runs.atomic_write_json(out / "summary.json", summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "model"}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
