@@ -388,3 +388,27 @@ def test_backprop_step_equals_grad_of_objective_inside_make_step(key):
     new, _, _ = step(jax.tree.map(jnp.array, params), step.optimizer.init(params), x, y)
     # equal to rounding: XLA may fuse w − η·g into one multiply-add inside the jitted step
     chex.assert_trees_all_close(new, expected, rtol=1e-14, atol=0)
+
+
+def test_pipelined_evaluation_reads_each_epochs_own_params(key):
+    """fit reads epoch e's results while epoch e+1 runs: every record is still epoch e's."""
+    model, x, y = _small_problem(key, n=24)
+
+    def run(epochs):
+        return train.fit(
+            model,
+            "softmax_cross_entropy",
+            "adam",
+            (x, y),
+            epochs=epochs,
+            batch_size=5,
+            key=key,
+            learning_rate=0.05,
+            progress=False,
+        )
+
+    full = run(4)
+    for epochs in (1, 2, 3):  # each shorter run ends in a synchronous final epoch
+        short = run(epochs)
+        assert full.history["train_loss"][epochs - 1] == short.history["train_loss"][-1]
+        assert full.history["train_accuracy"][epochs - 1] == short.history["train_accuracy"][-1]

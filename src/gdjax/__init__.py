@@ -6,6 +6,7 @@ a^0 = x,  z^l = w^l a^{l-1} + b^l,  a^l = σ(z^l)                 (forward: gdja
 """
 
 from gdjax import activations as activations
+from gdjax import curvature as curvature
 from gdjax import data as data
 from gdjax import diagnostics as diagnostics
 from gdjax import gradcheck as gradcheck

@@ -291,9 +291,9 @@ def _make_epoch(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule)
         diverged_at = jnp.where((diverged_at < 0) & ~ok, step, diverged_at)
         return (params, opt_state, diverged_at, step + 1), value
 
-    def epoch(params, opt_state, x, y, key, first_step):
+    def epoch(params, opt_state, x, y, key, first_step, diverged_at):
         perm = jax.random.permutation(key, x.shape[0])
-        carry = (params, opt_state, jnp.array(-1, jnp.int32), first_step)
+        carry = (params, opt_state, diverged_at, first_step)
         full = perm[: schedule.full * schedule.size].reshape(schedule.full, schedule.size)
         carry, values = jax.lax.scan(lambda c, idx: guarded_step(c, idx, x, y), carry, full)
         if schedule.rest:
@@ -401,50 +401,87 @@ def fit(
     diverged = None
     bar = _progress_bar(epochs, progress)
     start = time.perf_counter()
+
+    def finish(epoch, values, diverged_at, evals) -> bool:
+        """Read one epoch's results on the host; True when training has diverged."""
+        nonlocal diverged
+        values, diverged_at = np.asarray(values), int(diverged_at)
+        first = (epoch - 1) * schedule.steps
+        if 0 <= diverged_at < first:
+            return True  # diverged in an earlier epoch; this one applied no step
+        if diverged_at >= 0:  # steps after it were not applied: drop their losses
+            values = values[: diverged_at - first + 1]
+        weights = np.full(values.size, schedule.size, np.float64)
+        if schedule.rest and values.size == schedule.steps:
+            weights[-1] = schedule.rest
+        history["epoch"].append(epoch)
+        history["step_loss"].append(values)
+        history["loss"].append(float(np.average(values, weights=weights)))
+        if diverged_at >= 0:
+            diverged = _divergence_message(
+                epoch,
+                diverged_at,
+                schedule,
+                np.concatenate(history["step_loss"]),
+                _lr_description(optimizer, hyperparams),
+            )
+            warnings.warn(diverged, DivergedWarning, stacklevel=3)
+            return True
+        if evals is not None:
+            _record(records, "eval_epoch", epoch)
+            for name, value in evals.items():
+                _record(records, name, float(value))
+        bar.set_postfix(
+            loss=f"{history['loss'][-1]:.4g}",
+            steps_per_s=f"{epoch * schedule.steps / (time.perf_counter() - start):.0f}",
+        )
+        bar.update(1)
+        return False
+
+    # Epoch e+1 is dispatched before epoch e's results are read, so the host's
+    # bookkeeping overlaps the device's work. The divergence flag travels from
+    # epoch to epoch on the device: an epoch launched after a divergence applies
+    # no step, and its params are the last finite ones.
+    diverged_at = jnp.asarray(-1, jnp.int32)
+    pending = None
     try:
         for epoch in range(1, epochs + 1):
             first_step = jnp.asarray((epoch - 1) * schedule.steps, jnp.int32)
             params, opt_state, values, diverged_at = epoch_fn(
-                params, opt_state, x, y, jax.random.fold_in(shuffle_key, epoch), first_step
+                params,
+                opt_state,
+                x,
+                y,
+                jax.random.fold_in(shuffle_key, epoch),
+                first_step,
+                diverged_at,
             )
-            values = np.asarray(values)
-            diverged_at = int(diverged_at)
-            if diverged_at >= 0:  # steps after it were not applied: drop their losses
-                values = values[: diverged_at - (epoch - 1) * schedule.steps + 1]
-            weights = np.full(values.size, schedule.size, np.float64)
-            if schedule.rest and values.size == schedule.steps:
-                weights[-1] = schedule.rest
-            history["epoch"].append(epoch)
-            history["step_loss"].append(values)
-            history["loss"].append(float(np.average(values, weights=weights)))
-            if diverged_at >= 0:
-                diverged = _divergence_message(
-                    epoch,
-                    diverged_at,
-                    schedule,
-                    np.concatenate(history["step_loss"]),
-                    _lr_description(optimizer, hyperparams),
-                )
-                warnings.warn(diverged, DivergedWarning, stacklevel=2)
-                break
-            if eval_every and epoch % eval_every == 0:
-                _record(records, "eval_epoch", epoch)
+            evals = None
+            if eval_every and epoch % eval_every == 0:  # dispatched now, read later
+                evals = {}
                 for prefix, (xs, ys) in (("train", (x, y)), ("test", (x_test, y_test))):
                     if xs is not None:
                         for name, value in _evaluate(model, loss, params, xs, ys).items():
-                            _record(records, f"{prefix}_{name}", float(value))
+                            evals[f"{prefix}_{name}"] = value
+            if pending is not None and finish(*pending):
+                pending = None
+                break
+            pending = (epoch, values, diverged_at, evals)
+            host_work = (diagnostics_every and epoch % diagnostics_every == 0) or (
+                callback is not None and epoch % callback_every == 0
+            )
+            if host_work:
+                done, pending = finish(*pending), None
+                if done:
+                    break
             if diagnostics_every and epoch % diagnostics_every == 0:
                 _record(records, "diagnostics_epoch", epoch)
                 for name, value in report_fn(model, loss, params, x, y).items():
                     _record(records, f"diagnostics/{name}", np.asarray(value))
             if callback is not None and epoch % callback_every == 0:
                 callback(epoch, params, opt_state, _as_arrays(history, records))
-            steps_done = epoch * schedule.steps
-            bar.set_postfix(
-                loss=f"{history['loss'][-1]:.4g}",
-                steps_per_s=f"{steps_done / (time.perf_counter() - start):.0f}",
-            )
-            bar.update(1)
+        if pending is not None:
+            finish(*pending)
     finally:
         bar.close()
     return FitResult(params, opt_state, _as_arrays(history, records), diverged)

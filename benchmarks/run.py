@@ -1,0 +1,644 @@
+"""gdjax benchmarks: the single entry point, one JSON file per run.
+
+    python benchmarks/run.py                  # full run (a few minutes on 2 CPU cores)
+    python benchmarks/run.py --quick          # smoke run, under a minute (CI)
+    python benchmarks/run.py --sections training --repeats 9 --out /tmp/b.json
+
+A run is a list of *sections* (:data:`SECTIONS`), each a function
+``section(ctx) -> list[Row]`` run in order in one process. Every timing is
+taken after a warm-up call (compiles excluded unless a row says otherwise),
+ends with ``jax.block_until_ready``, is repeated (``--repeats``) and reported
+as the median. Variants that are compared with each other are timed
+*interleaved*, a few milliseconds apart, and a ratio is the median of paired
+per-sample ratios, so the drifts of a noisy, shared machine cancel; the
+training section's docstring says how.
+
+Output: a table on stdout and a JSON file (date, versions, devices, CPU count,
+the environment variables in :data:`ENV_VARS` as found, every row with its
+repeats). The default path is ``benchmarks/results/<YYYY-MM-DD>-<device>.json``
+for a full run and ``benchmarks/results/quick-<YYYY-MM-DD>-<device>.json`` for
+``--quick`` (git-ignored); ``--out`` overrides both.
+
+Adding a section: write ``def my_section(ctx: Context) -> list[Row]`` and add
+it to :data:`SECTIONS`. Sizes depend on ``ctx.quick``; values one section
+leaves for later ones go in ``ctx.shared`` (the roofline leaves its GFLOP/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import importlib.metadata
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import gdjax
+from gdjax import MLP
+from gdjax.train import fit, make_step
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ENV_VARS = ("OPENBLAS_CORETYPE", "XLA_FLAGS", "JAX_PLATFORMS")  # recorded, never changed
+DEFAULT_REPEATS = {"full": 5, "quick": 1}
+
+
+@dataclasses.dataclass
+class Row:
+    """One measurement: ``value`` (the median of ``repeats``) in ``unit``."""
+
+    section: str
+    case: str
+    value: float | None
+    unit: str
+    notes: str = ""
+    repeats: list[float] = dataclasses.field(default_factory=list)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Context:
+    """What every section gets: the mode, the number of repeats, and a shared dict."""
+
+    quick: bool
+    repeats: int
+    shared: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- timing helpers
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds for ``fn()`` and everything it dispatched to finish."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b, strict=True)]
+
+
+def matmul_gflops(m: int, k: int, p: int, repeats: int) -> tuple[list[float], int]:
+    """GFLOP/s of an (m, k) @ (k, p) float32 product, once per repeat; and products per repeat."""
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (m, k), jnp.float32)
+    b = jax.random.normal(kb, (k, p), jnp.float32)
+    flops = 2.0 * m * k * p
+    inner = max(1, math.ceil(1e10 / flops))  # ~0.1 s of work at 100 GFLOP/s
+    matmul = jax.jit(jnp.matmul)
+
+    def block():
+        return [matmul(a, b) for _ in range(inner)]
+
+    block()
+    return [flops * inner / timed(block) / 1e9 for _ in range(repeats)], inner
+
+
+# ---------------------------------------------------------------- section: roofline
+
+
+def roofline_size(ctx: Context) -> int:
+    return 512 if ctx.quick else 2048
+
+
+def roofline(ctx: Context) -> list[Row]:
+    """float32 matmul throughput: the device's practical peak, measured in this run."""
+    n = roofline_size(ctx)
+    shapes = [
+        ((n, n, n), "the roofline used by later sections"),
+        ((128, 256, 256), "the largest GEMM of the training step (B=128), for comparison"),
+    ]
+    rows = []
+    for (m, k, p), note in shapes:
+        gflops, inner = matmul_gflops(m, k, p, max(3, ctx.repeats))
+        info = {"m": m, "k": k, "n": p, "products_per_repeat": inner}
+        case = f"matmul {m}x{k} @ {k}x{p} f32"
+        rows.append(Row("roofline", case, median(gflops), "GFLOP/s", note, gflops, info))
+    ctx.shared["roofline_gflops"] = rows[0].value
+    return rows
+
+
+# ---------------------------------------------------------------- section: training
+
+SIZES = (64, 256, 256, 10)
+LOSS = "softmax_cross_entropy"
+BATCH = 128
+LR = 1e-3
+
+# Epoch functions that locate fit's costs: how each one's batches are formed, and which
+# finiteness guard (a jnp.where of new against old params and optimizer state) it applies.
+EPOCH_VARIANTS = {
+    "scan, pre-sliced": ("pre-sliced", None),
+    "scan, gather": ("gather", None),
+    "scan, perm+gather": ("perm+gather", None),
+    "scan, perm+gather, guard(loss)": ("perm+gather", "loss"),
+    "scan, perm+gather, guard(loss,grads)": ("perm+gather", "loss+grads"),
+}
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def _epoch_fn(model, tx, full: int, rest: int, source: str, guard: str | None):
+    """A jitted ``epoch(params, opt_state, data, key) -> (params, opt_state, losses)``.
+
+    ``source``: ``"pre-sliced"`` (data = stacked full batches and the ragged one),
+    ``"gather"`` (data = x, y and a fixed order; batches gathered ``x[idx]`` in the
+    scan) or ``"perm+gather"`` (as fit: a new permutation from ``key`` every epoch).
+    ``guard``: None, ``"loss"`` (keep the old params and state unless the loss is
+    finite) or ``"loss+grads"`` (… and every gradient entry is finite).
+    """
+
+    def step(carry, bx, by):
+        params, opt_state = carry
+        value, grads = gdjax.backprop(model, LOSS, params, bx, by)
+        updates, new_state = tx.update(grads, opt_state, params)
+        new = (optax.apply_updates(params, updates), new_state)
+        if guard is not None:
+            ok = jnp.isfinite(value)
+            if guard == "loss+grads":
+                ok = ok & _all_finite(grads)
+            new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, carry)
+        return new, value
+
+    def epoch(params, opt_state, data, key):
+        carry = (params, opt_state)
+        if source == "pre-sliced":
+            xs, ys, x_rest, y_rest = data
+            carry, values = jax.lax.scan(lambda c, b: step(c, *b), carry, (xs, ys))
+            last = (x_rest, y_rest)
+        else:
+            x, y, order = data
+            if source == "perm+gather":
+                order = jax.random.permutation(key, x.shape[0])
+            cut = order[: full * BATCH].reshape(full, BATCH)
+            carry, values = jax.lax.scan(lambda c, i: step(c, x[i], y[i]), carry, cut)
+            last = (x[order[full * BATCH :]], y[order[full * BATCH :]])
+        if rest:
+            carry, value = step(carry, *last)
+            values = jnp.concatenate([values, value[None]])
+        return (*carry, values)
+
+    return jax.jit(epoch, donate_argnums=(0, 1))
+
+
+def training(ctx: Context) -> list[Row]:
+    """ms/step of make_step, a bare jitted step, scanned epochs and fit, on digits.
+
+    Every variant trains the same model on the same digits in whole epochs of
+    ⌈n/B⌉ steps (⌊n/B⌋ batches of 128 and one ragged batch of the rest, as
+    ``fit`` does), so "ms/step" is always epoch time / steps per epoch.
+
+    Interleaving: a *round* is one ``fit`` call of 1+E epochs (``grad`` hand or
+    auto, alternating). Its callback, after every epoch, times a block of every
+    other variant (order rotated each epoch), so each fit epoch has neighbours
+    measured within milliseconds of it. A fit epoch is the time from the
+    callback's return to its next call: fit's host work plus its jitted epoch.
+    Every variant starts each round from the same params and a fresh adam
+    state. Rows give the median over rounds of each round's median; ratios pair
+    the samples of the same epoch.
+    """
+    ds = gdjax.data.digits()
+    model = MLP(SIZES, activation="relu")
+    x, y, n = ds.x, ds.y, ds.num_train
+    full, rest = divmod(n, BATCH)
+    steps = full + (rest > 0)
+    epochs_fit = 6 if ctx.quick else 40  # steady epochs per fit call, after the first
+    epochs_block = 1 if ctx.quick else 2  # epochs per timed block of the other variants
+    macs = sum(a * b for a, b in zip(SIZES[:-1], SIZES[1:], strict=True))
+    flops_epoch = 6.0 * n * macs  # 2 FLOPs per multiply-add forward, 4 backward
+
+    order = jax.random.permutation(jax.random.key(1), n)
+    batches = [(x[i], y[i]) for i in np.array_split(np.asarray(order), [*range(BATCH, n, BATCH)])]
+    stacked = (
+        jnp.stack([b[0] for b in batches[:full]]),
+        jnp.stack([b[1] for b in batches[:full]]),
+        *batches[-1],
+    )
+    params0 = model.init(jax.random.key(0))
+    tx = optax.adam(LR)
+
+    def fresh():
+        params = jax.tree.map(jnp.array, params0)
+        return params, tx.init(params)
+
+    # Every other variant is ``train(state, epochs) -> state``.
+    def step_loop(step_fn):
+        """a, b, c: one jitted step per batch, called in a tight Python loop."""
+
+        def train(state, epochs):
+            params, opt_state = state
+            for _ in range(epochs):
+                for bx, by in batches:
+                    params, opt_state, _ = step_fn(params, opt_state, bx, by)
+            return params, opt_state
+
+        return train
+
+    shuffle_keys = (jax.random.fold_in(jax.random.key(2), e) for e in itertools.count())
+
+    def epoch_loop(epoch_fn, data):
+        """One jitted call per epoch, in a tight loop."""
+
+        def train(state, epochs):
+            params, opt_state = state
+            for _ in range(epochs):
+                params, opt_state, *_ = epoch_fn(params, opt_state, data, next(shuffle_keys))
+            return params, opt_state
+
+        return train
+
+    objective = gdjax.objective(model, LOSS)
+
+    def bare_step(params, opt_state, bx, by):
+        value, grads = jax.value_and_grad(objective)(params, bx, by)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    # fit's own jitted epoch (private API: perm + gather + guard on the loss and the new
+    # params), called as fit calls it, without fit's host work around it.
+    fit_epoch = gdjax.train._make_epoch(
+        model, gdjax.losses.get(LOSS), tx, "hand", gdjax.train._Schedule(BATCH, full, rest)
+    )
+    first_step = jnp.asarray(0, jnp.int32)
+    not_diverged = jnp.asarray(-1, jnp.int32)
+
+    def fit_epoch_direct(params, opt_state, data, key):
+        return fit_epoch(params, opt_state, *data, key, first_step, not_diverged)
+
+    step_hand = make_step(model, LOSS, tx, grad="hand")
+    others = {
+        "make_step(hand)": step_loop(step_hand),
+        "make_step(auto)": step_loop(make_step(model, LOSS, tx, grad="auto")),
+        "make_step(hand).jitted": step_loop(step_hand.jitted),
+        "bare step": step_loop(jax.jit(bare_step, donate_argnums=(0, 1))),
+    }
+    for name, (source, guard) in EPOCH_VARIANTS.items():
+        data = stacked if source == "pre-sliced" else (x, y, order)
+        others[name] = epoch_loop(_epoch_fn(model, tx, full, rest, source, guard), data)
+    others["fit epoch fn"] = epoch_loop(fit_epoch_direct, (x, y))
+    for train in others.values():  # warm-up: compile every shape
+        jax.block_until_ready(train(fresh(), 1))
+
+    def fit_round(grad: str, model=model, data=ds, loss=LOSS, batch_size=BATCH, epochs=None):
+        """One fit call; returns per-epoch ms/step of fit and of ``others``, and more."""
+        inner = {} if epochs is not None else others
+        states = {name: fresh() for name in inner}
+        out: dict[str, Any] = {name: [] for name in ["fit", *inner]}
+        last_return = None
+
+        def callback(epoch, *_):
+            nonlocal last_return
+            now = time.perf_counter()
+            if last_return is None:
+                out["first_epoch_s"] = now - start
+                if inner:
+                    peak, _ = matmul_gflops(*(roofline_size(ctx),) * 3, 3)
+                    out["peak_gflops"] = median(peak)
+            else:
+                out["fit"].append(now - last_return)
+            names = list(inner)
+            turn = epoch % max(1, len(names))
+            for name in names[turn:] + names[:turn]:
+                t = time.perf_counter()
+                states[name] = jax.block_until_ready(inner[name](states[name], epochs_block))
+                if epoch > 1:  # pair fit's epoch e with the blocks timed right after it
+                    out[name].append((time.perf_counter() - t) / epochs_block)
+            last_return = time.perf_counter()
+
+        start = time.perf_counter()
+        result = fit(
+            model,
+            loss,
+            tx,
+            data,
+            epochs=1 + (epochs or epochs_fit),
+            key=jax.random.key(0),
+            batch_size=batch_size,
+            params=params0 if data is ds else None,
+            grad=grad,
+            eval_every=0,
+            progress=False,
+            callback=callback,
+        )
+        jax.block_until_ready(result.params)
+        return out
+
+    rounds = []
+    for r in range(ctx.repeats):
+        for grad in ("hand", "auto") if r % 2 == 0 else ("auto", "hand"):
+            out = fit_round(grad)
+            # seconds per epoch → ms/step; fit's samples go under fit(<grad>)
+            ms = {name: [1e3 * t / steps for t in out.pop(name)] for name in ["fit", *others]}
+            ms[f"fit({grad})"] = ms.pop("fit")
+            rounds.append({"grad": grad, "ms": ms, **out})
+
+    # f': fit's fixed cost per epoch where compute is negligible.
+    tiny_data = (np.linspace(-1, 1, 16, dtype=np.float32).reshape(8, 2), np.zeros((8, 1)))
+    tiny = [
+        1e3 * median(fit_round("hand", MLP((2, 2, 1)), tiny_data, "mse", None, 100)["fit"])
+        for _ in range(ctx.repeats)
+    ]
+
+    def per_round(name):
+        """Each round's median ms/step of ``name`` (rounds that have it), and all samples."""
+        have = [rd["ms"][name] for rd in rounds if name in rd["ms"]]
+        return [median(v) for v in have], have
+
+    def paired(a, b):
+        """Per round that has both: the median over epochs of a_e / b_e."""
+        return [
+            median(paired_ratio(rd["ms"][a], rd["ms"][b]))
+            for rd in rounds
+            if a in rd["ms"] and b in rd["ms"]
+        ]
+
+    how = f"ms/step = epoch time / {steps} ({full}x{BATCH} + 1x{rest} examples)"
+    blk = f"block of {epochs_block} epoch(s), synced"
+    notes = {
+        "make_step(hand)": f"make_step(grad='hand') in a Python loop, {blk}; {how}",
+        "make_step(auto)": "make_step(grad='auto'): jax.value_and_grad, same loop",
+        "make_step(hand).jitted": "the same step's .jitted, without check_batch per call",
+        "bare step": "jit(value_and_grad(objective)) + optax adam, donated, same loop",
+        "scan, pre-sliced": "one jit call per epoch: lax.scan over pre-sliced batches, hand",
+        "scan, gather": "+ gather x[idx] in the scan (fixed order)",
+        "scan, perm+gather": "+ new permutation each epoch (as fit), no guard",
+        "scan, perm+gather, guard(loss)": "+ where(isfinite(loss), new, old) on params+state",
+        "scan, perm+gather, guard(loss,grads)": "+ where(loss and all grads finite, new, old)",
+        "fit epoch fn": "gdjax.train._make_epoch called directly: guard on loss + NEW params",
+        "fit(hand)": "fit(grad='hand'), epochs 2..1+E: callback return to next callback",
+        "fit(auto)": "fit(grad='auto'), as above",
+    }
+    info = {
+        "sizes": SIZES,
+        "batch_size": BATCH,
+        "num_train": n,
+        "steps_per_epoch": steps,
+        "ragged_batch": rest,
+        "optimizer": f"optax.adam({LR})",
+        "loss": LOSS,
+        "rounds": [rd["grad"] for rd in rounds],
+        "fit_steady_epochs": epochs_fit,
+        "epochs_per_block": epochs_block,
+        "flops_per_epoch": flops_epoch,
+        "nominal_flops_per_step_b128": 6.0 * BATCH * macs,
+    }
+    rows = []
+    for name in [*others, "fit(hand)", "fit(auto)"]:
+        meds, samples = per_round(name)
+        per_epoch = [[float(f"{t:.4g}") for t in v] for v in samples]  # ms/step, by round
+        extra = {**({} if rows else info), "per_epoch": per_epoch}
+        rows.append(Row("training", name, median(meds), "ms/step", notes[name], meds, extra))
+    for grad in ("hand", "auto"):
+        first = [rd["first_epoch_s"] for rd in rounds if rd["grad"] == grad]
+        note = "call to first callback: checks, init, trace, compile, epoch 1"
+        rows.append(Row("training", f"fit({grad}) first epoch", median(first), "s", note, first))
+
+    # fit's host work per epoch: fit(hand)'s epoch − its own jitted epoch, synced, just after.
+    py = [
+        median(
+            [
+                (a - b) * steps
+                for a, b in zip(rd["ms"]["fit(hand)"], rd["ms"]["fit epoch fn"], strict=True)
+            ]
+        )
+        for rd in rounds
+        if rd["grad"] == "hand"
+    ]
+    note = "fit(hand) epoch - fit epoch fn epoch (paired): fold_in, sync, history, _as_arrays"
+    rows.append(Row("training", "fit Python side", median(py), "ms/epoch", note, py))
+    note = "fit of MLP((2,2,1)) on 8 examples, full batch: median epoch, compute ~0"
+    rows.append(Row("training", "fit fixed cost (tiny)", median(tiny), "ms/epoch", note, tiny))
+
+    ratios = [
+        ("fit(hand) / bare step", "fit(hand)", "bare step", "target <= 1.10"),
+        ("fit(auto) / bare step", "fit(auto)", "bare step", ""),
+        ("hand / auto (make_step)", "make_step(hand)", "make_step(auto)", "target <= 1.00"),
+        ("make_step(hand) / bare step", "make_step(hand)", "bare step", ""),
+        ("scan pre-sliced / bare step", "scan, pre-sliced", "bare step", "scan vs Python loop"),
+        ("fit epoch fn / bare step", "fit epoch fn", "bare step", "fit without host work"),
+        ("fit(hand) / fit epoch fn", "fit(hand)", "fit epoch fn", "fit's host work"),
+        ("gather / pre-sliced", "scan, gather", "scan, pre-sliced", "x[idx] in the scan"),
+        ("perm+gather / gather", "scan, perm+gather", "scan, gather", "the permutation"),
+        ("guard(loss) / no guard", "scan, perm+gather, guard(loss)", "scan, perm+gather", ""),
+        ("guard(loss,grads) / no guard", "scan, perm+gather, guard(loss,grads)",
+         "scan, perm+gather", ""),
+        ("fit epoch fn / no guard", "fit epoch fn", "scan, perm+gather", "fit's guard"),
+    ]  # fmt: skip
+    for case, a, b, note in ratios:
+        r = paired(a, b)
+        note = "; ".join(filter(None, ["per round: median of per-epoch ratios", note]))
+        rows.append(Row("training", case, median(r), "ratio", note, r))
+    # fit(hand) and fit(auto) run in different rounds: compare them through the bare step.
+    r = paired_ratio(paired("fit(hand)", "bare step"), paired("fit(auto)", "bare step"))
+    note = "(fit(hand)/bare step) / (fit(auto)/bare step), round by round; target <= 1.00"
+    rows.append(Row("training", "hand / auto (fit)", median(r), "ratio", note, r))
+
+    # The roofline moves with the machine's load: take the median of every round's.
+    peaks = [rd["peak_gflops"] for rd in rounds]
+    peak = median(peaks)
+    note = f"{roofline_size(ctx)}^3 float32 matmul, after epoch 1 of each round; median used below"
+    rows.append(Row("training", "roofline in rounds", peak, "GFLOP/s", note, peaks))
+    for name in ("bare step", "make_step(hand)", "make_step(auto)", "fit(hand)", "fit(auto)"):
+        meds, _ = per_round(name)
+        frac = [flops_epoch / (steps * t * 1e-3) / 1e9 / peak for t in meds]
+        note = f"6*n*sum(n_in*n_out) per epoch / epoch time / {peak:.0f} GFLOP/s"
+        rows.append(Row("training", f"roofline: {name}", median(frac), "fraction", note, frac))
+
+    # What fit's epoch spends on its permutation of the n examples, alone.
+    permutation = jax.jit(jax.random.permutation, static_argnums=1)
+    jax.block_until_ready(permutation(jax.random.key(3), n))
+    perm_ms = [
+        1e3 * timed(lambda: [permutation(jax.random.key(3), n) for _ in range(50)]) / 50
+        for _ in range(max(3, ctx.repeats))
+    ]
+    note = f"jit(jax.random.permutation)(key, {n}), as in fit's epoch; 50 calls per repeat"
+    rows.append(Row("training", "permutation of n", median(perm_ms), "ms/epoch", note, perm_ms))
+    return rows
+
+
+SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
+    "roofline": roofline,
+    "training": training,
+}
+
+
+# ---------------------------------------------------------------- run, print, save
+
+
+def device_slug(device) -> str:
+    if device.platform == "cpu":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", str(device.device_kind).lower()).strip("-")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    devices = jax.devices()
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "jaxlib": _version("jaxlib"),
+            "gdjax": gdjax.__version__,
+            "optax": _version("optax"),
+            "numpy": np.__version__,
+        },
+        "backend": jax.default_backend(),
+        "devices": [
+            {"id": d.id, "platform": d.platform, "device_kind": str(d.device_kind)} for d in devices
+        ],
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "env": {name: os.environ.get(name) for name in ENV_VARS},
+    }
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("section", "case", "value", "unit", "notes")
+    cells = [header] + [(r.section, r.case, _fmt(r.value), r.unit, r.notes) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    lines = []
+    for i, c in enumerate(cells):
+        lines.append(
+            f"{c[0]:<{widths[0]}}  {c[1]:<{widths[1]}}  {c[2]:>{widths[2]}}  "
+            f"{c[3]:<{widths[3]}}  {c[4]}".rstrip()
+        )
+        if i == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def default_out(quick: bool, date: str) -> Path:
+    prefix = "quick-" if quick else ""
+    return RESULTS_DIR / f"{prefix}{date}-{device_slug(jax.devices()[0])}.json"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 1 min)")
+    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/…)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help=f"fit rounds per grad in training; matmul timings (at least 3) (default "
+        f"{DEFAULT_REPEATS})",
+    )
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, in order (default: {','.join(SECTIONS)})",
+    )
+    args = parser.parse_args(argv)
+    names = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SECTIONS]
+    if unknown or not names:
+        parser.error(f"--sections: expected names from {', '.join(SECTIONS)}, got {unknown}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats: expected a positive integer, got {args.repeats}")
+
+    jax.config.update("jax_enable_x64", False)
+    mode = "quick" if args.quick else "full"
+    ctx = Context(quick=args.quick, repeats=args.repeats or DEFAULT_REPEATS[mode])
+    now = datetime.datetime.now(datetime.UTC)
+    out = args.out or default_out(args.quick, now.date().isoformat())
+
+    load_start = _loadavg()
+    start = time.perf_counter()
+    rows: list[Row] = []
+    section_s = {}
+    for name in names:
+        t = time.perf_counter()
+        gc.collect()
+        gc.disable()  # no cyclic collection inside a timed block
+        try:
+            rows.extend(SECTIONS[name](ctx))
+        finally:
+            gc.enable()
+        section_s[name] = round(time.perf_counter() - t, 2)
+    wall = time.perf_counter() - start
+
+    report = {
+        "date": now.date().isoformat(),
+        "timestamp": now.isoformat(timespec="seconds"),
+        "mode": mode,
+        "repeats": ctx.repeats,
+        "sections": names,
+        **environment(),
+        "argv": list(sys.argv[1:] if argv is None else argv),
+        "loadavg_1_5_15min": {"start": load_start, "end": _loadavg()},
+        "wall_s": round(wall, 2),
+        "section_wall_s": section_s,
+        "rows": [dataclasses.asdict(r) for r in rows],
+    }
+    print(format_table(rows))
+    print(
+        f"\n{mode} run, {ctx.repeats} repeats, {wall:.1f} s; devices: "
+        f"{', '.join(d['device_kind'] for d in report['devices'])}"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dump_json(report) + "\n")
+    print(f"wrote {out}")
+    return report
+
+
+def _loadavg() -> list[float] | None:
+    """The 1, 5 and 15 min load averages: other processes share a CPU machine."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+_NUMBER = r"(?:-?[\d.eE+-]+|NaN|-?Infinity|null)"
+_NUMBER_LIST = re.compile(rf"\[\s*(?:{_NUMBER},\s*)*{_NUMBER}\s*\]")
+
+
+def dump_json(report: dict[str, Any]) -> str:
+    """Indented JSON with every list of numbers on one line."""
+    text = json.dumps(report, indent=2, default=_json_default)
+    return _NUMBER_LIST.sub(lambda m: f"[{', '.join(re.findall(_NUMBER, m.group(0)))}]", text)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple | np.ndarray):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    main()

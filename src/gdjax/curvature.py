@@ -1,0 +1,1049 @@
+"""Curvature of the cost: Hessian-vector products, eigenvalues, trace, Taylor error, Newton.
+
+Gradient descent ``θ ← θ − η ∇C`` follows the tangent of C. How wrong that
+linear model of C is depends on the Hessian ``H = ∇²C(θ)``: to second order
+
+    C(θ + η d) = C(θ) + η ∇Cᵀd + ½ η² dᵀH d + O(η³),
+
+so the first-order prediction of a step is off by about ½η²dᵀHd, gradient
+descent on a quadratic is stable only for ``η < 2/λ_max(H)``, and a Newton step
+``θ − H⁻¹∇C`` lands on the minimum of a quadratic in one step. This module
+measures those quantities without ever forming H: everything is built on the
+Hessian-vector product ``Hv`` (Pearlmutter 1994), which costs about two
+gradients.
+
+Every function takes the cost as ``f(params, *args)``, a scalar function of a
+params pytree, e.g. ``f = gdjax.objective(model, "mse")`` with ``args = (x, y)``.
+
+- :func:`hvp` — ``Hv`` by forward-over-reverse differentiation.
+- :func:`gnvp` — the Gauss–Newton product ``Gv = JᵀH_out J v`` (the positive
+  semi-definite part of H for mse and the cross-entropies).
+- :func:`top_eigenvalues` — the k largest (or largest-magnitude) eigenvalues
+  of H and their eigenvectors, by Lanczos or by power iteration.
+- :func:`trace` — Hutchinson's estimate of ``tr H`` with its standard error.
+- :func:`taylor_step` — actual ΔC of a step vs its first- and second-order
+  predictions, for many step sizes η at once.
+- :func:`newton_step` — a damped Newton step, dense or by conjugate gradient
+  on Hessian-vector products (Hessian-free).
+
+The compiled kernels take ``f`` as a static argument: pass the *same* ``f``
+object on every call (build it once with ``objective``) and nothing
+recompiles. Inputs are checked before anything compiles.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from gdjax import losses
+from gdjax._checks import check_positive_int, shape_of
+from gdjax.backprop import check_batch
+from gdjax.losses import Loss
+from gdjax.mlp import MLP, Params
+
+__all__ = [
+    "hvp",
+    "gnvp",
+    "top_eigenvalues",
+    "Eigen",
+    "trace",
+    "TraceEstimate",
+    "taylor_step",
+    "TaylorResult",
+    "newton_step",
+    "NewtonResult",
+    "MAX_DENSE_PARAMS",
+]
+
+PyTree = Any
+
+MAX_DENSE_PARAMS = 4096
+"""The largest parameter count :func:`newton_step` builds a dense Hessian for."""
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def _num_params(params: PyTree) -> int:
+    return sum(math.prod(shape_of(leaf)) for leaf in jax.tree.leaves(params))
+
+
+def _check_params(params: PyTree) -> int:
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError(f"params: expected a pytree with at least one array leaf, got {params!r}.")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = getattr(leaf, "dtype", np.asarray(leaf).dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"params{jax.tree_util.keystr(path)}: expected a floating array, got {dtype}."
+            )
+    return _num_params(params)
+
+
+def _check_like(name: str, tree: PyTree, params: PyTree) -> None:
+    """``tree`` must have the structure and leaf shapes of ``params``."""
+    want = jax.tree.structure(params)
+    got = jax.tree.structure(tree)
+    if got != want:
+        raise ValueError(
+            f"{name}: expected a pytree with the structure of params, {want}, got {got}."
+        )
+    for (path, p), t in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(tree), strict=True
+    ):
+        if shape_of(t) != shape_of(p):
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)}: expected shape {shape_of(p)} "
+                f"(the shape of params{jax.tree_util.keystr(path)}), got {shape_of(t)}."
+            )
+
+
+def _check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}.")
+    return value
+
+
+def _check_positive_float(name: str, value, *, allow_zero: bool = False) -> float:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float | np.integer | np.floating)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not ok:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}.")
+    return float(value)
+
+
+def _check_key(key) -> None:
+    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        if not (isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)):
+            raise ValueError(f"key: expected a PRNG key from jax.random.key(seed), got {key!r}.")
+
+
+def _tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+# ---------------------------------------------------------------- products
+
+
+def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> PyTree:
+    """The Hessian-vector product ``Hv`` of the scalar cost ``C = f(params, *args)``.
+
+    .. math::
+
+        H v = ∇²C(θ)\\, v = \\frac{d}{dε} ∇C(θ + ε v)\\Big|_{ε=0}
+
+    computed exactly by forward-mode differentiation (``jax.jvp``) of the
+    reverse-mode gradient (``jax.grad``): about the cost of two gradients, and
+    H is never formed. Works on any params pytree and under ``jax.jit``
+    (``jax.jit(hvp, static_argnums=0)``).
+
+    Args:
+      f: scalar function ``f(params, *args)``, e.g. ``gdjax.objective(model, loss)``.
+      params: θ, the point at which H is taken.
+      v: the vector, a pytree with the structure and shapes of ``params``.
+      *args: further arguments of ``f`` (e.g. ``x, y``), held fixed.
+
+    Returns:
+      ``Hv``, a pytree shaped like ``params``.
+
+    Examples:
+      >>> f = lambda p: 0.5 * p["a"] ** 2 * p["b"]   # C = ½ a² b
+      >>> p = {"a": jnp.array(2.0), "b": jnp.array(3.0)}
+      >>> hv = hvp(f, p, {"a": jnp.array(1.0), "b": jnp.array(0.0)})
+      >>> float(hv["a"]), float(hv["b"])            # H = [[b, a], [a, 0]]
+      (3.0, 2.0)
+
+    References:
+      Pearlmutter (1994), "Fast exact multiplication by the Hessian", Neural
+      Computation 6(1).
+    """
+    _check_like("v", v, params)
+    return jax.jvp(lambda p: jax.grad(f)(p, *args), (params,), (v,))[1]
+
+
+def _loss_hessian_product(loss: Loss, out: jax.Array, y: jax.Array, u: jax.Array) -> jax.Array:
+    """``H_out u`` with ``H_out = ∂²C/∂(a^L)²``, per example, written by hand.
+
+    mse: ``u/n``; softmax cross-entropy on logits z: ``s·(p ⊙ u − p (pᵀu))/n`` with
+    ``p = softmax(z)`` and ``s = Σ_k y_k`` (1 for labels); sigmoid binary
+    cross-entropy: ``σ(z)(1 − σ(z)) ⊙ u / n``. Other losses: by autodiff of ``loss.grad``.
+    """
+    n = out.shape[0]
+    if loss.name == "mse" and loss is losses.mse:
+        return u / n
+    if loss.name == "softmax_cross_entropy" and loss is losses.softmax_cross_entropy:
+        y = jnp.asarray(y)
+        s = 1.0 if jnp.issubdtype(y.dtype, jnp.integer) else jnp.sum(y, -1, keepdims=True)
+        p = jax.nn.softmax(out, axis=-1)
+        return s * (p * u - p * jnp.sum(p * u, axis=-1, keepdims=True)) / n
+    if loss.name == "sigmoid_binary_cross_entropy" and loss is losses.sigmoid_binary_cross_entropy:
+        return jax.nn.sigmoid(out) * jax.nn.sigmoid(-out) * u / n
+    return jax.jvp(lambda a: loss.grad(a, y), (out,), (u,))[1]
+
+
+def gnvp(
+    model: MLP, loss: str | Loss, params: Params, v: Params, x: jax.Array, y: jax.Array
+) -> Params:
+    """The generalised Gauss–Newton-vector product ``Gv = Jᵀ H_out J v``.
+
+    With ``J = ∂a^L/∂θ`` the Jacobian of the network output over the batch and
+    ``H_out = ∂²C/∂(a^L)²`` the Hessian of the loss in the output,
+
+    .. math::
+
+        G v = J^T H_{out} J v,\\qquad
+        H = G + \\sum_x \\sum_k \\frac{∂C}{∂a^L_{x,k}} ∇²a^L_{x,k}
+
+    G drops the second term (the curvature of the network itself), so it is
+    positive semi-definite whenever ``H_out`` is: ``(1/n)·I`` per example for
+    mse, ``(1/n)(diag(p) − ppᵀ)`` (p = softmax of the logits) for softmax
+    cross-entropy, ``(1/n)·σ(z)(1 − σ(z))`` for sigmoid binary cross-entropy.
+    For a network that is linear in θ (no hidden layer, identity output) G = H.
+    ``Jv`` is one forward-mode pass through ``model.apply``, ``H_out`` is applied
+    by hand, and ``Jᵀ(·)`` is one reverse-mode pass.
+
+    Args:
+      model: the network.
+      loss: a :class:`~gdjax.losses.Loss` or its name (the cross-entropies take logits).
+      params: θ.
+      v: a pytree shaped like ``params``.
+      x, y: the batch.
+
+    Returns:
+      ``Gv``, shaped like ``params``.
+
+    Examples:
+      >>> from gdjax import MLP, objective
+      >>> model = MLP((2, 1), activation="identity")   # linear: G = H
+      >>> f = objective(model, "mse")
+      >>> params = model.init(jax.random.key(0))
+      >>> x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+      >>> v = jax.tree.map(jnp.ones_like, params)
+      >>> gv, hv = gnvp(model, "mse", params, v, x, y), hvp(f, params, v, x, y)
+      >>> bool(jnp.allclose(gv[0]["w"], hv[0]["w"]))
+      True
+
+    References:
+      Schraudolph (2002), "Fast curvature matrix-vector products for
+      second-order gradient descent"; Martens (2010), "Deep learning via
+      Hessian-free optimization".
+    """
+    loss = losses.get(loss)
+    check_batch(model, loss, params, x, y)
+    _check_like("v", v, params)
+
+    def apply(p):
+        return model.apply(p, x)
+
+    out, jv = jax.jvp(apply, (params,), (v,))
+    _, vjp = jax.vjp(apply, params)
+    return vjp(_loss_hessian_product(loss, out, y, jv))[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _flat_hvp(f, params, u, args):
+    """``Hu`` on flat vectors ``u`` (the layout of ``ravel_pytree(params)``)."""
+    _, unravel = ravel_pytree(params)
+    return ravel_pytree(hvp(f, params, unravel(u), *args))[0]
+
+
+# ---------------------------------------------------------------- eigenvalues
+
+
+class Eigen(NamedTuple):
+    """What :func:`top_eigenvalues` returns.
+
+    Attributes:
+      eigenvalues: ``(k,)`` numpy array, ordered by ``which`` (descending value for
+        ``"largest"``, descending ``|λ|`` for ``"magnitude"``).
+      eigenvectors: list of k params-shaped pytrees ``v_i`` of unit norm,
+        ``H v_i ≈ λ_i v_i``.
+      hvps: the number of Hessian-vector products computed (Lanczos: the
+        number of Lanczos steps; power: all iterations of all eigenvalues).
+      converged: whether every returned pair met the tolerance.
+      residuals: ``(k,)`` estimates of ``‖H v_i − λ_i v_i‖`` (Lanczos: ``|β_m s_{m,i}|``;
+        power: the residual measured at the last iteration).
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: list[PyTree]
+    hvps: int
+    converged: bool
+    residuals: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _lanczos_step(f, params, q_mat, j, beta_prev, args):
+    """One Lanczos step with full reorthogonalisation; rows of ``q_mat`` are q_0, q_1, …
+
+    Rows after ``j`` are zero, so projecting on all rows projects on q_0 … q_j.
+    """
+    q = q_mat[j]
+    w = _flat_hvp(f, params, q, args) - beta_prev * q_mat[jnp.maximum(j - 1, 0)]
+    alpha = jnp.vdot(q, w)
+    w = w - alpha * q
+    # Classical Gram–Schmidt against every earlier vector, twice ("twice is enough").
+    w = w - q_mat.T @ (q_mat @ w)
+    w = w - q_mat.T @ (q_mat @ w)
+    beta = jnp.linalg.norm(w)
+    safe = jnp.where(beta > 0, beta, 1)
+    q_mat = q_mat.at[j + 1].set(jnp.where(beta > 0, w / safe, 0))
+    return q_mat, alpha, beta
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_orthonormal(q_mat, j, r):
+    """Row ``j`` of ``q_mat`` ← ``r`` orthogonalised against every row and normalised."""
+    r = r - q_mat.T @ (q_mat @ r)
+    r = r - q_mat.T @ (q_mat @ r)
+    return q_mat.at[j].set(r / jnp.linalg.norm(r)), jnp.linalg.norm(r)
+
+
+@jax.jit
+def _combine(coefficients, q_mat):
+    return coefficients @ q_mat
+
+
+def _order(theta: np.ndarray, which: str) -> np.ndarray:
+    """Indices of ``theta`` from the most to the least wanted."""
+    key = -theta if which == "largest" else -np.abs(theta)
+    return np.argsort(key, kind="stable")
+
+
+def _ritz_converged(theta, residuals, k, which, tol, floor) -> bool:
+    """``|β_m s_{m,i}| ≤ tol·max(|θ_i|, floor)`` for the k wanted Ritz pairs."""
+    wanted = _order(theta, which)[:k]
+    return bool(np.all(residuals[wanted] <= tol * np.maximum(np.abs(theta[wanted]), floor)))
+
+
+def _lanczos(f, params, flat0, k, which, max_iters, tol, key, args) -> Eigen:
+    n = flat0.size
+    dtype = flat0.dtype
+    eps = float(jnp.finfo(dtype).eps)
+    q_mat = jnp.zeros((max_iters + 1, n), dtype)
+    q_mat, _ = _set_orthonormal(q_mat, 0, flat0)
+    alphas: list[float] = []
+    betas: list[float] = []  # betas[j] couples q_j and q_{j+1}; 0 after a restart
+    block_start = 0  # first row of the current Krylov block (after the last restart)
+    restarts = 0
+    scale = 0.0
+    beta = jnp.zeros((), dtype)
+    theta = s = residuals = None
+    converged = False
+    for j in range(max_iters):
+        q_mat, alpha, beta = _lanczos_step(f, params, q_mat, j, beta, args)
+        alpha, beta_f = float(alpha), float(beta)
+        alphas.append(alpha)
+        m = j + 1
+        scale = max(scale, abs(alpha), beta_f)
+        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        theta, s = np.linalg.eigh(t)
+        residuals = np.abs(beta_f * s[-1])
+        if m == n:  # the Krylov space is the whole space: the Ritz pairs are exact
+            converged = True
+            break
+        if beta_f <= 1e3 * eps * scale:
+            # Invariant subspace (exact Ritz pairs, but a repeated eigenvalue appears in
+            # it only once): restart with a random vector orthogonal to it.
+            restarts += 1
+            r = jax.random.normal(jax.random.fold_in(key, restarts), (n,), dtype)
+            q_mat, _ = _set_orthonormal(q_mat, m, r)
+            beta = jnp.zeros((), dtype)
+            betas.append(0.0)
+            block_start = m
+            continue
+        betas.append(beta_f)
+        floor = np.sqrt(eps) * np.max(np.abs(theta))
+        if m < k or not _ritz_converged(theta, residuals, k, which, tol, floor):
+            continue
+        if block_start > 0:
+            # After a restart, the new block's own top k must have converged too: only
+            # then is no copy of a repeated eigenvalue still missing.
+            theta_b, s_b = np.linalg.eigh(t[block_start:, block_start:])
+            if m - block_start < k or not _ritz_converged(
+                theta_b, np.abs(beta_f * s_b[-1]), k, which, tol, floor
+            ):
+                continue
+        converged = True
+        break
+    m = len(alphas)
+    wanted = _order(theta, which)[:k]
+    coefficients = np.zeros((k, max_iters + 1))
+    coefficients[:, :m] = s[:, wanted].T
+    vectors = _combine(jnp.asarray(coefficients, dtype), q_mat)
+    _, unravel = ravel_pytree(params)
+    return Eigen(
+        eigenvalues=theta[wanted],
+        eigenvectors=[unravel(vectors[i]) for i in range(k)],
+        hvps=m,
+        converged=converged,
+        residuals=residuals[wanted],
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _power_step(f, params, found, v, args):
+    """One power-iteration step on the deflated ``P H P``, ``P = I − VVᵀ`` (V: found rows)."""
+    v = v - found.T @ (found @ v)
+    v = v / jnp.linalg.norm(v)
+    hv = _flat_hvp(f, params, v, args)
+    hv = hv - found.T @ (found @ hv)
+    lam = jnp.vdot(v, hv)
+    residual = jnp.linalg.norm(hv - lam * v)
+    return v, lam, residual, hv / jnp.linalg.norm(hv)
+
+
+def _power(f, params, flat0, k, max_iters, tol, key, args) -> Eigen:
+    n, dtype = flat0.size, flat0.dtype
+    found = jnp.zeros((k, n), dtype)
+    values, residuals, hvps, converged = [], [], 0, True
+    v = flat0
+    for i in range(k):
+        if i > 0:
+            v = jax.random.normal(jax.random.fold_in(key, i), (n,), dtype)
+        ok = False
+        for _ in range(max_iters):
+            u, lam, res, v = _power_step(f, params, found, v, args)
+            hvps += 1
+            lam, res = float(lam), float(res)
+            if res <= tol * abs(lam):
+                ok = True
+                break
+        converged = converged and ok
+        found = found.at[i].set(u)
+        values.append(lam)
+        residuals.append(res)
+    _, unravel = ravel_pytree(params)
+    return Eigen(
+        eigenvalues=np.asarray(values),
+        eigenvectors=[unravel(found[i]) for i in range(k)],
+        hvps=hvps,
+        converged=converged,
+        residuals=np.asarray(residuals),
+    )
+
+
+def top_eigenvalues(
+    f: Callable[..., jax.Array],
+    params: PyTree,
+    k: int,
+    *args: Any,
+    key: jax.Array,
+    method: Literal["lanczos", "power"] = "lanczos",
+    which: Literal["largest", "magnitude"] | None = None,
+    max_iters: int | None = None,
+    tol: float = 1e-8,
+    init: PyTree | None = None,
+) -> Eigen:
+    """The k extreme eigenvalues λ_i of the Hessian ``H = ∇²C(θ)`` and their eigenvectors.
+
+    .. math::
+
+        H v_i = λ_i v_i,\\quad \\|v_i\\| = 1,\\quad λ_1 ≥ λ_2 ≥ … ≥ λ_k \\;
+        (\\text{or } |λ_1| ≥ … \\text{ for } which=\\text{"magnitude"})
+
+    using only Hessian-vector products (:func:`hvp`) on the flattened params
+    (``jax.flatten_util.ravel_pytree``).
+
+    ``method="lanczos"`` (default) builds the Krylov basis q_0 … q_{m−1} of
+    ``span{q_0, Hq_0, …, H^{m−1}q_0}`` with full reorthogonalisation, so that
+    ``QᵀHQ = T_m`` is tridiagonal with diagonal α and off-diagonal β. The Ritz
+    values θ_i (eigenvalues of T_m, with eigenvectors s_i) approximate λ_i and
+    the Ritz vectors ``Q s_i`` the eigenvectors, with residual
+    ``‖H Q s_i − θ_i Q s_i‖ = |β_m s_{m,i}|``. It stops once each wanted pair has
+    ``|β_m s_{m,i}| ≤ tol·max(|θ_i|, √ε·max_j|θ_j|)``, or when m = n (then the
+    Ritz pairs are exact). A single Krylov space holds one copy of a repeated
+    eigenvalue, so on an invariant subspace (β ≈ 0) it restarts with a random
+    vector orthogonal to the basis, and after a restart it also waits for the
+    new block's own top k to converge.
+
+    ``method="power"`` is power iteration ``v ← Hv/‖Hv‖``, which converges to
+    the eigenvalue of **largest magnitude** at the rate ``|λ_2/λ_1|`` (so
+    ``which`` must be ``"magnitude"``, its default); for k > 1 each further
+    eigenvalue is found by power iteration on the deflated ``PHP``,
+    ``P = I − Σ_found v_i v_iᵀ``, as PyHessian does. It stops when
+    ``‖Hv − (vᵀHv)v‖ ≤ tol·|vᵀHv|``. It is here for comparison: Lanczos needs
+    far fewer products for the same accuracy.
+
+    Args:
+      f: scalar function ``f(params, *args)``. Pass the same object on every
+        call so the compiled products are reused.
+      params: θ.
+      k: how many eigenvalues, ``1 ≤ k ≤`` the number of parameters.
+      *args: further arguments of ``f`` (e.g. ``x, y``).
+      key: PRNG key for the random start vector (and restarts / deflation starts).
+      method: ``"lanczos"`` or ``"power"``.
+      which: ``"largest"`` (algebraically, the default for Lanczos) or
+        ``"magnitude"`` (largest |λ|; the default and only choice for power).
+      max_iters: most Lanczos steps (default ``min(n, max(100, 4k))``; Lanczos
+        stores that many vectors of n numbers), or most power iterations per
+        eigenvalue (default 1000).
+      tol: relative residual tolerance (see above). Power iteration measures the
+        true residual, which stalls near ε·‖H‖ (about 1e-7‖H‖ in float32): use
+        ``tol ≳ 1e-5`` for float32 params there, or it stops at ``max_iters``
+        with ``converged=False``.
+      init: warm start, a params-shaped pytree used as the first vector, e.g.
+        the top eigenvector of a previous call at nearby params.
+
+    Returns:
+      An :class:`Eigen` ``(eigenvalues, eigenvectors, hvps, converged, residuals)``.
+
+    Examples:
+      >>> f = lambda p: 0.5 * jnp.sum(jnp.array([3.0, 2.0, 1.0]) * p**2)
+      >>> eig = top_eigenvalues(f, jnp.zeros(3), 2, key=jax.random.key(0))
+      >>> eig.eigenvalues.round(6).tolist(), eig.converged
+      ([3.0, 2.0], True)
+
+    References:
+      Lanczos (1950), "An iteration method for the solution of the eigenvalue
+      problem of linear differential and integral operators"; Parlett, *The
+      Symmetric Eigenvalue Problem* (1998), ch. 13; Yao et al. (2020),
+      "PyHessian: neural networks through the lens of the Hessian".
+    """
+    n = _check_params(params)
+    method = _check_choice("method", method, ("lanczos", "power"))
+    if which is None:
+        which = "largest" if method == "lanczos" else "magnitude"
+    which = _check_choice("which", which, ("largest", "magnitude"))
+    if method == "power" and which != "magnitude":
+        raise ValueError(
+            f"which: power iteration converges to the eigenvalue of largest magnitude, so it "
+            f"expected 'magnitude', got {which!r}. Use method='lanczos' for the largest."
+        )
+    k = check_positive_int("k", k)
+    if k > n:
+        raise ValueError(
+            f"k: expected at most {n}, the number of parameters (H is {n}×{n}), got {k}."
+        )
+    if max_iters is None:
+        max_iters = min(n, max(100, 4 * k)) if method == "lanczos" else 1000
+    max_iters = check_positive_int("max_iters", max_iters)
+    if method == "lanczos" and not k <= max_iters <= n:
+        raise ValueError(
+            f"max_iters: expected an integer in [k, n] = [{k}, {n}] for Lanczos, got {max_iters}."
+        )
+    tol = _check_positive_float("tol", tol)
+    _check_key(key)
+    if init is not None:
+        _check_like("init", init, params)
+
+    key, start_key = jax.random.split(key)
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    if init is None:
+        flat0 = jax.random.normal(start_key, (n,), dtype)
+    else:
+        flat0 = ravel_pytree(init)[0].astype(dtype)
+        if not float(jnp.linalg.norm(flat0)) > 0:
+            raise ValueError("init: expected a non-zero vector, got all zeros.")
+    if method == "lanczos":
+        return _lanczos(f, params, flat0, k, which, max_iters, tol, key, args)
+    return _power(f, params, flat0, k, max_iters, tol, key, args)
+
+
+# ---------------------------------------------------------------- trace
+
+
+class TraceEstimate(NamedTuple):
+    """What :func:`trace` returns.
+
+    Attributes:
+      estimate: the mean of the samples, an unbiased estimate of ``tr H``.
+      stderr: its standard error ``std(samples) / √samples``.
+      samples: the ``vᵀHv`` of each Rademacher vector v, a numpy array.
+    """
+
+    estimate: float
+    stderr: float
+    samples: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _hutchinson(f, params, key, samples, batch_size, args):
+    flat, unravel = ravel_pytree(params)
+
+    def one(sample_key):
+        v = jax.random.rademacher(sample_key, flat.shape, flat.dtype)
+        return jnp.vdot(v, _flat_hvp(f, params, v, args))
+
+    return jax.lax.map(one, jax.random.split(key, samples), batch_size=batch_size)
+
+
+def trace(
+    f: Callable[..., jax.Array],
+    params: PyTree,
+    *args: Any,
+    key: jax.Array,
+    samples: int = 100,
+    batch_size: int = 16,
+) -> TraceEstimate:
+    """Hutchinson's estimate of the Hessian trace ``tr H = Σ_i λ_i``.
+
+    .. math::
+
+        \\operatorname{tr} H = \\mathbb{E}_v[v^T H v] ≈ \\frac{1}{m}\\sum_{j=1}^m v_j^T H v_j,
+        \\qquad v_j \\in \\{−1, +1\\}^n \\text{ (Rademacher)}
+
+    The estimate is unbiased; its variance ``2 Σ_{i≠j} H_{ij}²`` per sample is
+    the smallest of all i.i.d. zero-mean unit-variance choices of v.
+
+    Args:
+      f: scalar function ``f(params, *args)``.
+      params: θ.
+      *args: further arguments of ``f``.
+      key: PRNG key for the Rademacher vectors.
+      samples: m ≥ 2, the number of vectors (two are the fewest that give an error bar).
+      batch_size: products computed together under ``vmap`` (memory vs speed).
+
+    Returns:
+      A :class:`TraceEstimate` ``(estimate, stderr, samples)``.
+
+    Examples:
+      >>> f = lambda p: 0.5 * jnp.sum(jnp.array([3.0, 2.0, 1.0]) * p**2)
+      >>> est = trace(f, jnp.zeros(3), key=jax.random.key(0), samples=10)
+      >>> est.estimate, est.stderr   # diagonal H: every vᵀHv is exactly tr H
+      (6.0, 0.0)
+
+    References:
+      Hutchinson (1989), "A stochastic estimator of the trace of the influence
+      matrix for Laplacian smoothing splines"; Avron & Toledo (2011).
+    """
+    _check_params(params)
+    samples = check_positive_int("samples", samples)
+    if samples < 2:
+        raise ValueError(
+            f"samples: expected at least 2 (a standard error needs two), got {samples}."
+        )
+    batch_size = check_positive_int("batch_size", batch_size)
+    _check_key(key)
+    values = np.asarray(
+        _hutchinson(f, params, key, samples, min(batch_size, samples), args), np.float64
+    )
+    return TraceEstimate(
+        estimate=float(values.mean()),
+        stderr=float(values.std(ddof=1) / math.sqrt(samples)),
+        samples=values,
+    )
+
+
+# ---------------------------------------------------------------- Taylor error of a step
+
+
+class TaylorResult(NamedTuple):
+    """What :func:`taylor_step` returns; arrays are numpy, one entry per η.
+
+    Attributes:
+      etas: the step sizes η, as given.
+      actual: ``ΔC = C(θ + ηd) − C(θ)``.
+      first_order: ``η ∇Cᵀd``.
+      second_order: ``η ∇Cᵀd + ½ η² dᵀHd``.
+      first_order_error: ``|first_order − actual| / |actual|``.
+      second_order_error: ``|second_order − actual| / |actual|``.
+      slope: ``∇Cᵀd`` (negative for a descent direction).
+      curvature: ``dᵀHd``.
+      direction: the direction d used (params-shaped; zero outside ``layer``).
+      threshold: the relative error that defines ``eta_threshold``.
+      eta_threshold: the η at which ``first_order_error`` first exceeds
+        ``threshold``, interpolated linearly in log η–log error between the grid
+        points on either side; the smallest η if already exceeded there (an
+        upper bound), NaN if never exceeded on the grid.
+      lambda_max: the largest eigenvalue of the Hessian block the step moves in
+        (all of H, or layer l's diagonal block ``H_ll``), by Lanczos.
+      stability_limit: ``2/λ_max``, where gradient descent on the quadratic model
+        stops being stable (inf if λ_max ≤ 0).
+    """
+
+    etas: np.ndarray
+    actual: np.ndarray
+    first_order: np.ndarray
+    second_order: np.ndarray
+    first_order_error: np.ndarray
+    second_order_error: np.ndarray
+    slope: float
+    curvature: float
+    direction: PyTree
+    threshold: float
+    eta_threshold: float
+    lambda_max: float
+    stability_limit: float
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _taylor(f, params, d, etas, args):
+    c0, g = jax.value_and_grad(f)(params, *args)
+    slope = _tree_vdot(g, d)
+    curvature = _tree_vdot(d, hvp(f, params, d, *args))
+
+    def delta(eta):
+        return f(jax.tree.map(lambda p, di: p + eta * di, params, d), *args) - c0
+
+    return jax.vmap(delta)(etas), slope, curvature
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _gradient(f, params, args):
+    return jax.grad(f)(params, *args)
+
+
+def _layer_mask(params: PyTree, layer: int | None) -> list[bool] | None:
+    """Per top-level entry of ``params``: whether it belongs to ``layer``."""
+    if layer is None:
+        return None
+    if not isinstance(params, list | tuple):
+        raise ValueError(
+            f"layer: expected params to be a list of per-layer pytrees (as MLP.init makes) "
+            f"to select a layer from, got {type(params).__name__}."
+        )
+    if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
+        raise ValueError(f"layer: expected None or an integer layer index, got {layer!r}.")
+    if not 0 <= layer < len(params):
+        raise ValueError(
+            f"layer: expected an index in [0, {len(params) - 1}] (0 is the first weight layer, "
+            f"w^1), got {layer}."
+        )
+    return [i == layer for i in range(len(params))]
+
+
+def _restrict(tree: PyTree, mask: list[bool] | None) -> PyTree:
+    if mask is None:
+        return tree
+    return [
+        t if keep else jax.tree.map(jnp.zeros_like, t) for t, keep in zip(tree, mask, strict=True)
+    ]
+
+
+def _threshold_crossing(etas: np.ndarray, errors: np.ndarray, threshold: float) -> float:
+    order = np.argsort(etas)
+    etas, errors = etas[order], errors[order]
+    above = np.flatnonzero(errors > threshold)
+    if above.size == 0:
+        return math.nan
+    i = int(above[0])
+    if i == 0:
+        return float(etas[0])
+    e0, e1 = errors[i - 1], errors[i]
+    if not (e0 > 0 and np.isfinite(e0) and np.isfinite(e1)) or e1 == e0:
+        return float(etas[i])
+    t = (math.log(threshold) - math.log(e0)) / (math.log(e1) - math.log(e0))
+    return float(math.exp(math.log(etas[i - 1]) + t * (math.log(etas[i]) - math.log(etas[i - 1]))))
+
+
+def taylor_step(
+    f: Callable[..., jax.Array],
+    params: PyTree,
+    *args: Any,
+    etas: Sequence[float] | np.ndarray | jax.Array,
+    direction: PyTree | None = None,
+    layer: int | None = None,
+    threshold: float = 0.1,
+    lambda_max: float | None = None,
+    key: jax.Array | None = None,
+) -> TaylorResult:
+    """How well the first- and second-order Taylor models predict a step ``θ' = θ + ηd``.
+
+    .. math::
+
+        ΔC(η) = C(θ + ηd) − C(θ) = \\underbrace{η ∇C^T d}_{\\text{first order}}
+        + \\underbrace{½ η^2 d^T H d}_{\\text{second order adds}} + O(η^3)
+
+    with ``d = −∇C`` by default (a gradient-descent step of size η). For every
+    η the actual change and both predictions are computed (the η are
+    evaluated together under ``vmap``), with their relative errors
+    ``|pred − ΔC| / |ΔC|``. The first-order error grows like
+    ``|½η dᵀHd / ∇Cᵀd|`` for small η: the linear model gradient descent steps
+    along is accurate only for η well below the curvature scale, which is
+    compared with the stability limit ``2/λ_max`` of gradient descent.
+
+    Cancellation limits ΔC to about ``ε·|C|`` absolute accuracy, so the
+    relative errors are meaningless below ``|ΔC| ≈ ε|C|``: use float64.
+
+    Args:
+      f: scalar function ``f(params, *args)``.
+      params: θ.
+      *args: further arguments of ``f``.
+      etas: step sizes η, a non-empty 1-D sequence of positive finite numbers.
+      direction: d, shaped like ``params``; default ``−∇C``.
+      layer: restrict d to layer ``layer``'s params (``params[layer]``, 0-based,
+        zero elsewhere); params must then be a list of per-layer pytrees.
+      threshold: the relative first-order error that defines ``eta_threshold``.
+      lambda_max: λ_max of the Hessian block the step moves in, if known;
+        otherwise computed by :func:`top_eigenvalues` (Lanczos).
+      key: PRNG key for that Lanczos run; default: start it from d.
+
+    Returns:
+      A :class:`TaylorResult`.
+
+    Examples:
+      >>> f = lambda p: 0.5 * jnp.sum(p**2) + jnp.sum(p)    # H = I, ∇C(0) = 1
+      >>> res = taylor_step(f, jnp.zeros(2), etas=[0.1, 1.0])
+      >>> res.actual.round(6).tolist(), res.first_order.round(6).tolist()
+      ([-0.19, -1.0], [-0.2, -2.0])
+      >>> round(res.stability_limit, 4)   # 2/λ_max
+      2.0
+
+    References:
+      Nocedal & Wright, *Numerical Optimization* (2006), §2.1 (Taylor's theorem);
+      Cohen et al. (2021), "Gradient descent on neural networks typically
+      occurs at the edge of stability".
+    """
+    _check_params(params)
+    etas_np = np.asarray(etas)
+    if etas_np.ndim != 1 or etas_np.size == 0 or not np.issubdtype(etas_np.dtype, np.number):
+        raise ValueError(
+            f"etas: expected a non-empty 1-D sequence of step sizes, got shape {etas_np.shape} "
+            f"and dtype {etas_np.dtype}."
+        )
+    if not (np.all(np.isfinite(etas_np)) and np.all(etas_np > 0)):
+        bad = etas_np[~(np.isfinite(etas_np) & (etas_np > 0))][0]
+        raise ValueError(
+            f"etas: expected positive finite step sizes, got {float(bad)!r} among them."
+        )
+    threshold = _check_positive_float("threshold", threshold)
+    if lambda_max is not None:
+        lambda_max = float(lambda_max)
+    if direction is not None:
+        _check_like("direction", direction, params)
+    mask = _layer_mask(params, layer)
+    if key is not None:
+        _check_key(key)
+
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    if direction is None:
+        direction = jax.tree.map(jnp.negative, _gradient(f, params, args))
+    d = _restrict(jax.tree.map(lambda t: jnp.asarray(t, dtype), direction), mask)
+    if not any(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves(d)):
+        raise ValueError(
+            "direction: expected a non-zero direction, got all zeros"
+            + (f" in layer {layer}" if layer is not None else "")
+            + " (is the gradient zero?)."
+        )
+
+    actual, slope, curvature = _taylor(f, params, d, jnp.asarray(etas_np, dtype), args)
+    actual = np.asarray(actual, np.float64)
+    slope, curvature = float(slope), float(curvature)
+    etas64 = etas_np.astype(np.float64)
+    first = etas64 * slope
+    second = first + 0.5 * etas64**2 * curvature
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first_error = np.abs(first - actual) / np.abs(actual)
+        second_error = np.abs(second - actual) / np.abs(actual)
+
+    if lambda_max is None:
+        lambda_max = _block_lambda_max(f, params, mask, d, key, args)
+    stability = 2.0 / lambda_max if lambda_max > 0 else math.inf
+    return TaylorResult(
+        etas=etas_np,
+        actual=actual,
+        first_order=first,
+        second_order=second,
+        first_order_error=first_error,
+        second_order_error=second_error,
+        slope=slope,
+        curvature=curvature,
+        direction=d,
+        threshold=threshold,
+        eta_threshold=_threshold_crossing(etas64, first_error, threshold),
+        lambda_max=lambda_max,
+        stability_limit=stability,
+    )
+
+
+def _block_lambda_max(f, params, mask, d, key, args) -> float:
+    """λ_max of H, or of the diagonal block ``H_ll`` of layer l's params (``mask``).
+
+    Lanczos starts from ``key`` when given, else (deterministically) from d.
+    """
+    start = jax.random.key(0) if key is None else key
+    if mask is None:
+        eig = top_eigenvalues(f, params, 1, *args, key=start, init=None if key is not None else d)
+    else:
+        layer = mask.index(True)
+        eig = top_eigenvalues(
+            _LayerRestricted(f, layer),
+            params[layer],
+            1,
+            params,
+            *args,
+            key=start,
+            init=None if key is not None else d[layer],
+        )
+    return float(eig.eigenvalues[0])
+
+
+class _LayerRestricted:
+    """``C`` as a function of layer l's params alone, the other layers held fixed.
+
+    Its Hessian is the diagonal block ``H_ll``. Hashable by ``(f, layer)``, so
+    compiled products are reused across calls.
+    """
+
+    def __init__(self, f, layer):
+        self.f, self.layer = f, layer
+
+    def __hash__(self):
+        return hash((self.f, self.layer))
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, _LayerRestricted) and self.f is other.f and self.layer == other.layer
+        )
+
+    def __call__(self, layer_params, full_params, *args):
+        full = list(full_params)
+        full[self.layer] = layer_params
+        return self.f(full, *args)
+
+
+# ---------------------------------------------------------------- Newton's step
+
+
+class NewtonResult(NamedTuple):
+    """What :func:`newton_step` returns.
+
+    Attributes:
+      params: ``θ' = θ + p`` with ``p`` the (approximate) solution of ``(H + λI)p = −∇C``.
+      iterations: conjugate-gradient iterations (= Hessian-vector products); 0 for dense.
+      residual: ``‖(H + λI)p + ∇C‖ / ‖∇C‖`` (0 when ∇C = 0).
+      converged: dense: always True; CG: the residual met ``tol``.
+      negative_curvature: CG met a direction ``u`` with ``uᵀ(H + λI)u ≤ 0`` and stopped there.
+    """
+
+    params: PyTree
+    iterations: int
+    residual: float
+    converged: bool
+    negative_curvature: bool
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _dense_newton(f, params, damping, args):
+    flat, unravel = ravel_pytree(params)
+
+    def f_flat(u):
+        return f(unravel(u), *args)
+
+    g = jax.grad(f_flat)(flat)
+    a = jax.hessian(f_flat)(flat) + damping * jnp.eye(flat.size, dtype=flat.dtype)
+    p = jnp.linalg.solve(a, -g)
+    gnorm = jnp.linalg.norm(g)
+    residual = jnp.where(gnorm > 0, jnp.linalg.norm(a @ p + g) / gnorm, 0.0)
+    return unravel(flat + p), residual
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _cg_newton(f, params, damping, max_iters, tol, args):
+    flat, unravel = ravel_pytree(params)
+    g = ravel_pytree(jax.grad(f)(params, *args))[0]
+
+    def matvec(u):
+        return _flat_hvp(f, params, u, args) + damping * u
+
+    # Solve A p = b, b = −∇C, from p = 0:  r = b − Ap,  u the search direction.
+    b = -g
+    bnorm = jnp.linalg.norm(b)
+    target = tol * bnorm
+
+    def cond(state):
+        _, r, _, rr, i, neg = state
+        return (i < max_iters) & (jnp.sqrt(rr) > target) & ~neg
+
+    def body(state):
+        p, r, u, rr, i, _ = state
+        au = matvec(u)
+        uau = jnp.vdot(u, au)
+        neg = uau <= 0
+        step = jnp.where(neg, 0.0, rr / jnp.where(neg, 1.0, uau))
+        p = p + step * u
+        r = r - step * au
+        rr_new = jnp.vdot(r, r)
+        u = r + (rr_new / jnp.where(rr > 0, rr, 1.0)) * u
+        return p, r, u, rr_new, i + jnp.where(neg, 0, 1), neg
+
+    zero = jnp.zeros_like(flat)
+    state = (zero, b, b, jnp.vdot(b, b), jnp.array(0), jnp.array(False))
+    p, r, _, rr, iterations, neg = jax.lax.while_loop(cond, body, state)
+    residual = jnp.where(bnorm > 0, jnp.linalg.norm(matvec(p) - b) / bnorm, 0.0)
+    return unravel(flat + p), iterations, residual, neg
+
+
+def newton_step(
+    f: Callable[..., jax.Array],
+    params: PyTree,
+    *args: Any,
+    damping: float = 0.0,
+    method: Literal["dense", "cg"] = "dense",
+    cg_iters: int | None = None,
+    tol: float = 1e-10,
+) -> NewtonResult:
+    """One damped Newton step ``θ' = θ − (H + λI)⁻¹ ∇C``.
+
+    .. math::
+
+        θ' = θ + p,\\qquad (H + λ I)\\, p = −∇C
+
+    It minimises the second-order model ``C + ∇Cᵀp + ½pᵀ(H + λI)p``. On a
+    quadratic C (linear regression with mse) with λ = 0 that model is exact,
+    so one step lands on the minimum; on a non-linear network it is only a
+    local model, and the step does not reach the minimum (and with an
+    indefinite H need not even go downhill).
+
+    ``method="dense"`` forms H with ``jax.hessian`` and solves the n×n system:
+    for small models only (n ≤ :data:`MAX_DENSE_PARAMS`). ``method="cg"``
+    solves the system by conjugate gradient using only Hessian-vector
+    products (Hessian-free optimisation); CG assumes ``H + λI`` positive
+    definite: it stops at the first direction u with ``uᵀ(H + λI)u ≤ 0`` and
+    returns the step built so far (``negative_curvature=True``); damping λ > 0
+    is the usual cure.
+
+    Args:
+      f: scalar function ``f(params, *args)``.
+      params: θ.
+      *args: further arguments of ``f``.
+      damping: λ ≥ 0, added to the diagonal of H (Levenberg–Marquardt damping).
+      method: ``"dense"`` or ``"cg"``.
+      cg_iters: most CG iterations (default n, the number of parameters).
+      tol: CG stops when ``‖(H + λI)p + ∇C‖ ≤ tol·‖∇C‖``.
+
+    Returns:
+      A :class:`NewtonResult` ``(params, iterations, residual, converged, negative_curvature)``.
+
+    Examples:
+      >>> f = lambda p: 0.5 * jnp.sum(jnp.array([3.0, 1.0]) * (p - 1.0) ** 2)
+      >>> newton_step(f, jnp.zeros(2)).params.tolist()   # one step to the minimum
+      [1.0, 1.0]
+
+    References:
+      Nocedal & Wright, *Numerical Optimization* (2006), ch. 3 and §7.1
+      (Newton–CG); Martens (2010), "Deep learning via Hessian-free optimization".
+    """
+    n = _check_params(params)
+    method = _check_choice("method", method, ("dense", "cg"))
+    damping = _check_positive_float("damping", damping, allow_zero=True)
+    tol = _check_positive_float("tol", tol)
+    if method == "dense":
+        if cg_iters is not None:
+            raise ValueError(f"cg_iters: expected None with method='dense', got {cg_iters!r}.")
+        if n > MAX_DENSE_PARAMS:
+            raise ValueError(
+                f"params: method='dense' forms the {n}×{n} Hessian; expected at most "
+                f"{MAX_DENSE_PARAMS} parameters, got {n}. Use method='cg'."
+            )
+        new, residual = _dense_newton(f, params, damping, args)
+        return NewtonResult(new, 0, float(residual), True, False)
+    cg_iters = n if cg_iters is None else check_positive_int("cg_iters", cg_iters)
+    new, iterations, residual, neg = _cg_newton(f, params, damping, cg_iters, tol, args)
+    residual = float(residual)
+    return NewtonResult(new, int(iterations), residual, residual <= tol, bool(neg))

@@ -1,0 +1,541 @@
+"""Curvature: every matrix-free quantity equals the same quantity from the dense Hessian.
+
+The references are built densely, on tiny float64 models only:
+``H = jax.hessian`` of the cost of the flattened params (``ravel_pytree``),
+``G = Jᵀ H_out J`` from ``jax.jacobian`` of the network output and
+``jax.hessian`` of the loss, ``numpy.linalg.eigvalsh``, ``numpy.trace`` and
+``numpy.linalg.lstsq``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from gdjax import MLP, activations, curvature, losses, objective
+
+# ------------------------------------------------------------------ helpers
+
+
+def make_problem(seed, sizes, activation="tanh", loss_name="mse", batch=12, soft=False, scale=1.0):
+    """Model, cost f, float64 params (NumPy-drawn, Glorot-scaled) and a batch (x, y)."""
+    model = MLP(sizes, activation=activation)
+    rng = np.random.default_rng(seed)
+    params = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        r = scale * np.sqrt(6.0 / (n_in + n_out))
+        params.append(
+            {
+                "w": jnp.asarray(rng.uniform(-r, r, size=(n_out, n_in))),
+                "b": jnp.asarray(0.1 * rng.normal(size=n_out)),
+            }
+        )
+    x = jnp.asarray(rng.normal(size=(batch, sizes[0])))
+    k = sizes[-1]
+    if loss_name == "mse":
+        y = jnp.asarray(rng.normal(size=(batch, k)))
+    elif loss_name == "sigmoid_binary_cross_entropy":
+        y = jnp.asarray(rng.integers(0, 2, size=(batch, k)), jnp.float64)
+    elif soft:
+        y = jax.nn.softmax(jnp.asarray(rng.normal(size=(batch, k))), axis=-1)
+    else:
+        y = jnp.asarray(rng.integers(0, k, size=batch), jnp.int32)
+    return model, objective(model, loss_name), params, x, y
+
+
+def dense_hessian(f, params, *args):
+    flat, unravel = ravel_pytree(params)
+    return np.asarray(jax.jit(jax.hessian(lambda u: f(unravel(u), *args)))(flat))
+
+
+def flat(tree):
+    return np.asarray(ravel_pytree(tree)[0])
+
+
+def random_like(rng, params):
+    _, unravel = ravel_pytree(params)
+    return unravel(jnp.asarray(rng.normal(size=flat(params).size)))
+
+
+def assert_close(a, b, rtol, atol=0.0):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+# ------------------------------------------------------------------ hvp
+
+
+@pytest.mark.parametrize("activation", activations.names())
+def test_hvp_equals_dense_hessian_times_v(activation):
+    # relu and leaky_relu have σ'' = 0 almost everywhere; the products must still agree.
+    _, f, params, x, y = make_problem(0, (3, 4, 2), activation)
+    v = random_like(np.random.default_rng(1), params)
+    hv = curvature.hvp(f, params, v, x, y)
+    want = dense_hessian(f, params, x, y) @ flat(v)
+    assert_close(flat(hv), want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize(
+    ("loss_name", "soft"),
+    [("softmax_cross_entropy", False), ("softmax_cross_entropy", True)]
+    + [("sigmoid_binary_cross_entropy", False)],
+)
+def test_hvp_equals_dense_hessian_for_cross_entropies(loss_name, soft):
+    _, f, params, x, y = make_problem(2, (3, 5, 3), "softplus", loss_name, soft=soft)
+    v = random_like(np.random.default_rng(3), params)
+    want = dense_hessian(f, params, x, y) @ flat(v)
+    assert_close(flat(curvature.hvp(f, params, v, x, y)), want, rtol=1e-10, atol=1e-14)
+
+
+def test_hvp_under_jit_equals_eager():
+    _, f, params, x, y = make_problem(4, (3, 4, 2), "gelu")
+    v = random_like(np.random.default_rng(5), params)
+    jitted = jax.jit(curvature.hvp, static_argnums=0)
+    assert_close(flat(jitted(f, params, v, x, y)), flat(curvature.hvp(f, params, v, x, y)), 1e-13)
+
+
+# ------------------------------------------------------------------ Gauss–Newton
+
+
+def dense_ggn(model, loss_name, params, x, y):
+    """``G = Jᵀ H_out J`` with J the Jacobian of the flattened output and H_out by autodiff."""
+    loss = losses.get(loss_name)
+    flat0, unravel = ravel_pytree(params)
+    out = model.apply(params, x)
+    jac = np.asarray(jax.jit(jax.jacobian(lambda u: model.apply(unravel(u), x).ravel()))(flat0))
+    h_out = np.asarray(
+        jax.jit(jax.hessian(lambda a: loss.fn(a.reshape(out.shape), y)))(out.ravel())
+    )
+    return jac.T @ h_out @ jac
+
+
+GGN_CASES = [
+    ("mse", False),
+    ("softmax_cross_entropy", False),
+    ("softmax_cross_entropy", True),
+    ("sigmoid_binary_cross_entropy", False),
+]
+
+
+@pytest.mark.parametrize(("loss_name", "soft"), GGN_CASES)
+def test_gnvp_equals_dense_ggn_and_is_psd(loss_name, soft):
+    model, _, params, x, y = make_problem(6, (3, 5, 3), "sigmoid", loss_name, soft=soft)
+    g = dense_ggn(model, loss_name, params, x, y)
+    rng = np.random.default_rng(7)
+    for _ in range(2):
+        v = random_like(rng, params)
+        want = g @ flat(v)
+        got = flat(curvature.gnvp(model, loss_name, params, v, x, y))
+        assert_close(got, want, rtol=1e-10, atol=1e-13 * np.abs(want).max())
+        assert got @ flat(v) >= 0  # vᵀGv ≥ 0
+    eigenvalues = np.linalg.eigvalsh(g)
+    assert eigenvalues.min() >= -1e-12 * eigenvalues.max()
+
+
+@pytest.mark.parametrize(("loss_name", "soft"), GGN_CASES)
+def test_gnvp_equals_hessian_for_a_linear_model(loss_name, soft):
+    # No hidden layer and identity output: a^L is linear in θ, so H = G exactly.
+    model, f, params, x, y = make_problem(8, (4, 3), "identity", loss_name, soft=soft)
+    assert_close(dense_ggn(model, loss_name, params, x, y), dense_hessian(f, params, x, y), 1e-10)
+    v = random_like(np.random.default_rng(9), params)
+    assert_close(
+        flat(curvature.gnvp(model, loss_name, params, v, x, y)),
+        flat(curvature.hvp(f, params, v, x, y)),
+        rtol=1e-10,
+    )
+
+
+def test_gnvp_differs_from_hessian_for_a_nonlinear_model():
+    model, f, params, x, y = make_problem(10, (3, 5, 2), "tanh")
+    h, g = dense_hessian(f, params, x, y), dense_ggn(model, "mse", params, x, y)
+    assert np.linalg.norm(h - g) > 1e-3 * np.linalg.norm(h)
+    assert np.linalg.eigvalsh(h).min() < 0 <= np.linalg.eigvalsh(g).min() + 1e-12
+
+
+# ------------------------------------------------------------------ eigenvalues
+
+# 4·10 + 10 + 10·10 + 10 + 10·2 + 2 = 182 params: a dense Hessian is cheap.
+EIG_SIZES = (4, 10, 10, 2)
+
+
+@pytest.fixture(scope="module")
+def eig_problem():
+    _, f, params, x, y = make_problem(11, EIG_SIZES, "tanh", batch=32, scale=1.5)
+    h = dense_hessian(f, params, x, y)
+    return f, params, (x, y), h, np.linalg.eigvalsh(h)
+
+
+def test_lanczos_top_k_equals_eigvalsh(eig_problem):
+    f, params, args, h, eigenvalues = eig_problem
+    k = 5
+    eig = curvature.top_eigenvalues(f, params, k, *args, key=jax.random.key(0))
+    want = eigenvalues[::-1][:k]
+    assert eig.converged
+    assert eig.eigenvalues.shape == (k,) and eig.residuals.shape == (k,)
+    assert_close(eig.eigenvalues, want, rtol=1e-6)
+    assert eig.hvps < h.shape[0]  # far fewer products than the dimension
+    for lam, v, estimate in zip(eig.eigenvalues, eig.eigenvectors, eig.residuals, strict=True):
+        assert jax.tree.structure(v) == jax.tree.structure(params)
+        u = flat(v)
+        assert abs(np.linalg.norm(u) - 1) < 1e-10
+        residual = np.linalg.norm(flat(curvature.hvp(f, params, v, *args)) - lam * u)
+        assert residual <= 1e-6 * abs(lam)
+        assert abs(residual - estimate) <= 1e-10 * abs(lam)  # the |β s| estimate is honest
+
+
+def test_lanczos_largest_magnitude(eig_problem):
+    f, params, args, _, eigenvalues = eig_problem
+    eig = curvature.top_eigenvalues(f, params, 3, *args, key=jax.random.key(1), which="magnitude")
+    want = eigenvalues[np.argsort(-np.abs(eigenvalues))][:3]
+    assert eig.converged
+    assert_close(eig.eigenvalues, want, rtol=1e-6)
+
+
+def test_power_iteration_finds_lambda_max_with_more_products(eig_problem):
+    f, params, args, _, eigenvalues = eig_problem
+    lam_max = eigenvalues[np.argmax(np.abs(eigenvalues))]
+    assert lam_max == eigenvalues[-1]  # the largest eigenvalue is also the largest in magnitude
+    lanczos = curvature.top_eigenvalues(f, params, 1, *args, key=jax.random.key(2))
+    power = curvature.top_eigenvalues(f, params, 1, *args, key=jax.random.key(2), method="power")
+    for eig in (lanczos, power):
+        assert eig.converged
+        assert_close(eig.eigenvalues[0], lam_max, rtol=1e-6)
+    print(
+        f"\nλ_max = {lam_max:.6f} (tol 1e-8): Lanczos {lanczos.hvps} HVPs, power iteration "
+        f"{power.hvps} HVPs ({power.hvps - lanczos.hvps} more, {power.hvps / lanczos.hvps:.1f}×)"
+    )
+    assert power.hvps > lanczos.hvps
+
+
+def test_power_iteration_with_deflation(eig_problem):
+    f, params, args, _, eigenvalues = eig_problem
+    eig = curvature.top_eigenvalues(f, params, 2, *args, key=jax.random.key(3), method="power")
+    assert eig.converged
+    assert_close(eig.eigenvalues, eigenvalues[np.argsort(-np.abs(eigenvalues))][:2], rtol=1e-6)
+    u, v = (flat(e) for e in eig.eigenvectors)
+    assert abs(u @ v) < 1e-6
+
+
+def test_lanczos_warm_start_needs_fewer_products(eig_problem, compilations):
+    f, params, args, _, eigenvalues = eig_problem
+    cold = curvature.top_eigenvalues(f, params, 1, *args, key=jax.random.key(4))
+    # Nearby points (as after training steps), warm-started from the last eigenvector.
+    near = [jax.tree.map(lambda p, s=s: p * (1 + s), params) for s in (1e-3, 2e-3)]
+    warm = curvature.top_eigenvalues(
+        f, near[0], 1, *args, key=jax.random.key(5), init=cold.eigenvectors[0]
+    )
+    fresh = curvature.top_eigenvalues(f, near[0], 1, *args, key=jax.random.key(5))
+    assert warm.converged and fresh.converged
+    assert_close(warm.eigenvalues, fresh.eigenvalues, rtol=1e-8)
+    assert warm.hvps < fresh.hvps
+    compiled = compilations.count
+    again = curvature.top_eigenvalues(
+        f, near[1], 1, *args, key=jax.random.key(6), init=warm.eigenvectors[0]
+    )
+    assert again.converged
+    assert compilations.count == compiled  # same f, same shapes: nothing recompiles
+
+
+def test_lanczos_finds_repeated_eigenvalues():
+    # Two outputs, linear model, mse: H = I₂ ⊗ AᵀA/n, every eigenvalue twice. A single
+    # Krylov space holds one copy of each; the restart after breakdown finds the other.
+    _, f, params, x, y = make_problem(12, (3, 2), "identity", batch=20)
+    eigenvalues = np.linalg.eigvalsh(dense_hessian(f, params, x, y))[::-1]
+    assert_close(eigenvalues[0::2], eigenvalues[1::2], rtol=1e-10)
+    eig = curvature.top_eigenvalues(f, params, 4, x, y, key=jax.random.key(6))
+    assert eig.converged
+    assert_close(eig.eigenvalues, eigenvalues[:4], rtol=1e-6)
+
+
+def test_lanczos_on_the_whole_space_is_exact():
+    _, f, params, x, y = make_problem(13, (2, 3, 1), "tanh")
+    eigenvalues = np.linalg.eigvalsh(dense_hessian(f, params, x, y))[::-1]
+    n = eigenvalues.size
+    eig = curvature.top_eigenvalues(f, params, n, x, y, key=jax.random.key(7))
+    assert eig.converged and eig.hvps == n
+    assert_close(eig.eigenvalues, eigenvalues, rtol=1e-8, atol=1e-10 * eigenvalues[0])
+
+
+# ------------------------------------------------------------------ trace
+
+
+def test_hutchinson_trace_within_three_standard_errors(eig_problem):
+    f, params, args, h, _ = eig_problem
+    est = curvature.trace(f, params, *args, key=jax.random.key(8), samples=200)
+    assert est.samples.shape == (200,)
+    assert est.stderr > 0
+    print(f"\ntr H = {np.trace(h):.4f}, Hutchinson: {est.estimate:.4f} ± {est.stderr:.4f}")
+    assert abs(est.estimate - np.trace(h)) <= 3 * est.stderr
+
+
+def test_hutchinson_is_exact_for_a_diagonal_hessian():
+    def f(p, scale):
+        return 0.5 * jnp.sum(scale * p["a"] ** 2)
+
+    scale = jnp.arange(1.0, 6.0)
+    est = curvature.trace(f, {"a": jnp.ones(5)}, scale, key=jax.random.key(9), samples=3)
+    assert est.estimate == pytest.approx(15.0, rel=1e-14) and est.stderr == 0
+
+
+# ------------------------------------------------------------------ Taylor error of a step
+
+
+@pytest.fixture(scope="module")
+def quadratic():
+    """Linear regression with mse: C is exactly quadratic in θ."""
+    _, f, params, x, y = make_problem(14, (3, 1), "identity", batch=30)
+    return f, params, (x, y), dense_hessian(f, params, x, y)
+
+
+ETAS = np.geomspace(1e-3, 1.0, 16)
+
+
+def test_taylor_second_order_is_exact_on_a_quadratic(quadratic):
+    f, params, args, h = quadratic
+    res = curvature.taylor_step(f, params, *args, etas=ETAS)
+    g = flat(jax.grad(f)(params, *args))
+    d = -g
+    assert_close(flat(res.direction), d, rtol=1e-14)
+    assert res.slope == pytest.approx(g @ d, rel=1e-12)
+    assert res.curvature == pytest.approx(d @ h @ d, rel=1e-10)
+    c0 = float(f(params, *args))
+    # ΔC is known only to about ε·C (cancellation in C(θ + ηd) − C(θ)).
+    rounding = 64 * np.finfo(np.float64).eps * c0
+    np.testing.assert_allclose(res.second_order, res.actual, rtol=0, atol=rounding)
+    # The first-order error is exactly the quadratic term ½η²dᵀHd.
+    np.testing.assert_allclose(
+        res.actual - res.first_order, 0.5 * ETAS**2 * (d @ h @ d), rtol=0, atol=rounding
+    )
+    big = np.abs(res.actual) > 1e6 * rounding
+    assert np.all(res.second_order_error[big] < 1e-8)
+    assert np.all(np.diff(res.first_order_error) > 0)  # grows like O(η)
+
+
+def test_taylor_threshold_and_stability_limit(quadratic):
+    f, params, args, h = quadratic
+    res = curvature.taylor_step(f, params, *args, etas=ETAS, threshold=0.1)
+    # Relative first-order error e(η) = ½ηc / |s + ½ηc| (s = ∇Cᵀd < 0, c = dᵀHd): e = 0.1 at
+    s, c = res.slope, res.curvature
+    eta_exact = 0.1 * 2 * -s / (c * 1.1)
+    assert ETAS[0] < eta_exact < ETAS[-1]
+    assert res.eta_threshold == pytest.approx(eta_exact, rel=0.05)  # log-log interpolation
+    assert res.threshold == 0.1
+    lam_max = np.linalg.eigvalsh(h)[-1]
+    assert res.lambda_max == pytest.approx(lam_max, rel=1e-6)
+    assert res.stability_limit == pytest.approx(2 / lam_max, rel=1e-6)
+    # Already above the threshold at the smallest η: that η (an upper bound); never: NaN.
+    early = curvature.taylor_step(f, params, *args, etas=ETAS, threshold=1e-6, lambda_max=1.0)
+    assert early.eta_threshold == ETAS[0]
+    never = curvature.taylor_step(f, params, *args, etas=ETAS[:2], lambda_max=1.0)
+    assert np.isnan(never.eta_threshold)
+    given = curvature.taylor_step(f, params, *args, etas=ETAS, lambda_max=2.0)
+    assert given.lambda_max == 2.0 and given.stability_limit == 1.0
+
+
+def test_taylor_given_direction_and_layer():
+    _, f, params, x, y = make_problem(15, (3, 4, 2), "tanh")
+    h = dense_hessian(f, params, x, y)
+    rng = np.random.default_rng(16)
+    direction = random_like(rng, params)
+    res = curvature.taylor_step(f, params, x, y, etas=[1e-3, 1e-2, 0.1], direction=direction)
+    u = flat(direction)
+    assert res.curvature == pytest.approx(u @ h @ u, rel=1e-10)
+    assert np.all(res.second_order_error < res.first_order_error)
+
+    # Layer 1 (w², b²) only: the default direction is −∇C zeroed outside that layer.
+    res = curvature.taylor_step(f, params, x, y, etas=[1e-2, 0.1], layer=1)
+    grads = jax.grad(f)(params, x, y)
+    assert np.all(flat(res.direction[0]) == 0)
+    assert_close(flat(res.direction[1]), -flat(grads[1]), rtol=1e-14)
+    # λ_max is that of the layer's diagonal block of H.
+    n0 = flat(params[0]).size
+    assert res.lambda_max == pytest.approx(np.linalg.eigvalsh(h[n0:, n0:])[-1], rel=1e-6)
+    d = flat(res.direction)
+    assert res.curvature == pytest.approx(d @ h @ d, rel=1e-10)
+
+
+# ------------------------------------------------------------------ Newton's step
+
+
+def test_one_dense_newton_step_solves_linear_regression(quadratic):
+    f, params, (x, y), _ = quadratic
+    result = curvature.newton_step(f, params, x, y)
+    a = np.hstack([np.asarray(x), np.ones((x.shape[0], 1))])  # columns: w, then b
+    solution = np.linalg.lstsq(a, np.asarray(y), rcond=None)[0].ravel()
+    got = np.concatenate([flat(result.params[0]["w"]), flat(result.params[0]["b"])])
+    assert_close(got, solution, rtol=1e-8)
+    assert result.converged and result.residual < 1e-12
+    assert np.linalg.norm(flat(jax.grad(f)(result.params, x, y))) < 1e-12
+
+
+def test_cg_newton_matches_dense_on_convex_problems(quadratic):
+    f, params, args, _ = quadratic
+    dense = curvature.newton_step(f, params, *args)
+    cg = curvature.newton_step(f, params, *args, method="cg")
+    assert cg.converged and not cg.negative_curvature
+    assert 0 < cg.iterations <= flat(params).size
+    assert_close(flat(cg.params), flat(dense.params), rtol=1e-8)
+    # Logistic regression (convex), damped.
+    _, f, params, x, y = make_problem(17, (3, 1), "identity", "sigmoid_binary_cross_entropy")
+    dense = curvature.newton_step(f, params, x, y, damping=1e-3)
+    cg = curvature.newton_step(f, params, x, y, damping=1e-3, method="cg")
+    assert cg.converged
+    assert_close(flat(cg.params), flat(dense.params), rtol=1e-8)
+
+
+def test_one_newton_step_does_not_solve_a_nonlinear_network():
+    model = MLP((2, 8, 1), activation="tanh")
+    f = objective(model, "mse")
+    params = model.init(jax.random.key(1), dtype=jnp.float64)
+    x = jnp.asarray(np.random.default_rng(18).normal(size=(40, 2)))
+    y = jnp.sin(2 * x[:, :1]) * jnp.cos(x[:, 1:])
+    grad_norm = jax.jit(lambda p: jnp.linalg.norm(ravel_pytree(jax.grad(f)(p, x, y))[0]))
+    loss = jax.jit(lambda p: f(p, x, y))
+    assert np.linalg.eigvalsh(dense_hessian(f, params, x, y))[0] < 0  # H is indefinite
+    one = curvature.newton_step(f, params, x, y).params
+    # A reference minimum: Levenberg–Marquardt (damped Newton, damping adapted).
+    best, damping = params, 1.0
+    for _ in range(60):
+        trial = curvature.newton_step(f, best, x, y, damping=damping).params
+        if float(loss(trial)) < float(loss(best)):
+            best, damping = trial, damping / 3
+        else:
+            damping *= 3
+    print(
+        f"\nloss: start {float(loss(params)):.4f}, one Newton step {float(loss(one)):.4f}, "
+        f"Levenberg–Marquardt {float(loss(best)):.4f}; ‖∇C‖ after one step "
+        f"{float(grad_norm(one)):.3g}"
+    )
+    assert float(loss(one)) > float(loss(best)) + 0.01
+    assert float(grad_norm(one)) > 0.1 * float(grad_norm(params))  # not near stationary
+    cg = curvature.newton_step(f, params, x, y, method="cg")
+    assert cg.negative_curvature and not cg.converged
+
+
+# ------------------------------------------------------------------ bad input
+
+TINY = MLP((2, 2), activation="identity")
+TINY_PARAMS = [{"w": np.ones((2, 2)), "b": np.zeros(2)}]  # 6 params
+TINY_F = objective(TINY, "mse")
+TINY_ARGS = (np.ones((3, 2)), np.zeros((3, 2)))
+KEY = jax.random.key(0)
+
+BAD_CALLS = {
+    "k larger than the number of params": (
+        lambda: curvature.top_eigenvalues(TINY_F, TINY_PARAMS, 7, *TINY_ARGS, key=KEY),
+        r"k: expected at most 6, the number of parameters \(H is 6×6\), got 7",
+    ),
+    "k zero": (
+        lambda: curvature.top_eigenvalues(TINY_F, TINY_PARAMS, 0, *TINY_ARGS, key=KEY),
+        r"k: expected a positive integer, got 0",
+    ),
+    "k not an int": (
+        lambda: curvature.top_eigenvalues(TINY_F, TINY_PARAMS, 1.0, *TINY_ARGS, key=KEY),
+        r"k: expected a positive integer, got 1.0",
+    ),
+    "unknown method": (
+        lambda: curvature.top_eigenvalues(
+            TINY_F, TINY_PARAMS, 1, *TINY_ARGS, key=KEY, method="arnoldi"
+        ),
+        r"method: expected one of 'lanczos', 'power', got 'arnoldi'",
+    ),
+    "power iteration for the algebraically largest": (
+        lambda: curvature.top_eigenvalues(
+            TINY_F, TINY_PARAMS, 1, *TINY_ARGS, key=KEY, method="power", which="largest"
+        ),
+        r"which: power iteration converges to the eigenvalue of largest magnitude",
+    ),
+    "init with another structure": (
+        lambda: curvature.top_eigenvalues(
+            TINY_F, TINY_PARAMS, 1, *TINY_ARGS, key=KEY, init={"w": np.ones((2, 2))}
+        ),
+        r"init: expected a pytree with the structure of params",
+    ),
+    "no key": (
+        lambda: curvature.top_eigenvalues(TINY_F, TINY_PARAMS, 1, *TINY_ARGS, key=0),
+        r"key: expected a PRNG key",
+    ),
+    "max_iters below k": (
+        lambda: curvature.top_eigenvalues(TINY_F, TINY_PARAMS, 3, *TINY_ARGS, key=KEY, max_iters=2),
+        r"max_iters: expected an integer in \[k, n\] = \[3, 6\] for Lanczos, got 2",
+    ),
+    "hvp vector with another shape": (
+        lambda: curvature.hvp(
+            TINY_F, TINY_PARAMS, [{"w": np.ones((2, 3)), "b": np.zeros(2)}], *TINY_ARGS
+        ),
+        r"v\[0\]\['w'\]: expected shape \(2, 2\) \(the shape of params\[0\]\['w'\]\), "
+        r"got \(2, 3\)",
+    ),
+    "samples zero": (
+        lambda: curvature.trace(TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, samples=0),
+        r"samples: expected a positive integer, got 0",
+    ),
+    "samples one": (
+        lambda: curvature.trace(TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, samples=1),
+        r"samples: expected at least 2",
+    ),
+    "etas with a negative step": (
+        lambda: curvature.taylor_step(TINY_F, TINY_PARAMS, *TINY_ARGS, etas=[0.1, -1.0]),
+        r"etas: expected positive finite step sizes, got -1.0",
+    ),
+    "etas with a zero step": (
+        lambda: curvature.taylor_step(TINY_F, TINY_PARAMS, *TINY_ARGS, etas=[0.0, 1.0]),
+        r"etas: expected positive finite step sizes, got 0.0",
+    ),
+    "etas not finite": (
+        lambda: curvature.taylor_step(TINY_F, TINY_PARAMS, *TINY_ARGS, etas=[np.inf]),
+        r"etas: expected positive finite step sizes, got inf",
+    ),
+    "etas empty": (
+        lambda: curvature.taylor_step(TINY_F, TINY_PARAMS, *TINY_ARGS, etas=[]),
+        r"etas: expected a non-empty 1-D sequence of step sizes, got shape \(0,\)",
+    ),
+    "etas a matrix": (
+        lambda: curvature.taylor_step(TINY_F, TINY_PARAMS, *TINY_ARGS, etas=np.ones((2, 2))),
+        r"etas: expected a non-empty 1-D sequence of step sizes, got shape \(2, 2\)",
+    ),
+    "direction with another structure": (
+        lambda: curvature.taylor_step(
+            TINY_F, TINY_PARAMS, *TINY_ARGS, etas=[0.1], direction={"w": np.ones((2, 2))}
+        ),
+        r"direction: expected a pytree with the structure of params",
+    ),
+    "direction with another shape": (
+        lambda: curvature.taylor_step(
+            TINY_F,
+            TINY_PARAMS,
+            *TINY_ARGS,
+            etas=[0.1],
+            direction=[{"w": np.ones((2, 2)), "b": np.zeros(3)}],
+        ),
+        r"direction\[0\]\['b'\]: expected shape \(2,\).*got \(3,\)",
+    ),
+    "layer out of range": (
+        lambda: curvature.taylor_step(TINY_F, TINY_PARAMS, *TINY_ARGS, etas=[0.1], layer=1),
+        r"layer: expected an index in \[0, 0\]",
+    ),
+    "negative damping": (
+        lambda: curvature.newton_step(TINY_F, TINY_PARAMS, *TINY_ARGS, damping=-1.0),
+        r"damping: expected a non-negative finite number, got -1.0",
+    ),
+    "unknown Newton method": (
+        lambda: curvature.newton_step(TINY_F, TINY_PARAMS, *TINY_ARGS, method="lbfgs"),
+        r"method: expected one of 'dense', 'cg', got 'lbfgs'",
+    ),
+    "dense Newton on a large model": (
+        lambda: curvature.newton_step(TINY_F, [{"w": np.zeros((70, 70))}], *TINY_ARGS),
+        r"params: method='dense' forms the 4900×4900 Hessian; expected at most 4096",
+    ),
+    "cg_iters zero": (
+        lambda: curvature.newton_step(TINY_F, TINY_PARAMS, *TINY_ARGS, method="cg", cg_iters=0),
+        r"cg_iters: expected a positive integer, got 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_bad_input_is_refused_before_compiling(case, compilations):
+    call, message = case
+    with pytest.raises(ValueError, match=message):
+        call()
+    assert compilations.count == 0
