@@ -66,11 +66,11 @@ def train_default(out: Path, args) -> tuple[runs.Run, list]:
     model = MLP((2, 16, 16, 1), activation="tanh")
     if (run_dir / "meta.json").is_file() and traj_file.is_file():
         run = runs.load_run(run_dir)
-        stored = np.load(traj_file)
-        trajectory = [
-            [{"w": stored[f"{t}/{i}/w"], "b": stored[f"{t}/{i}/b"]} for i in range(2 + 1)]
-            for t in range(int(stored["length"]))
-        ]
+        with np.load(traj_file) as stored:
+            trajectory = [
+                [{"w": stored[f"{t}/{i}/w"], "b": stored[f"{t}/{i}/b"]} for i in range(3)]
+                for t in range(int(stored["length"]))
+            ]
         return run, trajectory
     data_kwargs = {"n": 400, "noise": 0.15}
     data_key, train_key = jax.random.split(jax.random.key(args.seed))

@@ -115,12 +115,13 @@ def test_landscape_script_default_run_writes_figures_and_resumes(tmp_path, capsy
         height, width, _ = _png_shape(out / name)
         assert height > 300 and width > 400, name
     # the centre of the random plane is θ* itself
-    grid = np.load(out / "sweeps" / "random_2d" / "grid.npz")
-    assert grid["values/loss"].shape == (9, 9) and grid["done"].all()
-    np.testing.assert_allclose(grid["values/loss"][4, 4], summary["loss_at_theta"], rtol=1e-6)
-    projection = np.load(out / "trajectory_projection.npz")
-    assert projection["coords"].shape[1] == 2
-    assert projection["actual_loss"].shape == (projection["coords"].shape[0],)
+    with np.load(out / "sweeps" / "random_2d" / "grid.npz") as grid:
+        loss, done = grid["values/loss"], grid["done"]
+    assert loss.shape == (9, 9) and done.all()
+    np.testing.assert_allclose(loss[4, 4], summary["loss_at_theta"], rtol=1e-6)
+    with np.load(out / "trajectory_projection.npz") as projection:
+        coords, actual_loss = projection["coords"], projection["actual_loss"]
+    assert coords.shape[1] == 2 and actual_loss.shape == (coords.shape[0],)
 
     # a second run reuses the training and computes no sweep point again
     assert landscape_script.main(argv) == 0
@@ -154,3 +155,25 @@ def test_landscape_script_takes_a_train_run_directory(tmp_path, capsys):
     assert "landscape_2d.png" in summary["figures"] and "pca" not in summary
     run = runs.load_run(run_dir)
     assert summary["loss_at_theta"] == pytest.approx(float(run.history["train_loss"][-1]), rel=1e-5)
+
+
+def test_taylor_script_measures_the_linear_prediction_error(tmp_path, capsys):
+    """The seed's question, measured: the tangent's error grows like η; 2nd order is better."""
+    taylor_script = _load_script("taylor")
+    out = tmp_path / "taylor"
+    assert taylor_script.main(["--out", str(out), "--points", "13", "--epochs", "20"]) == 0
+    summary = json.loads((out / "taylor.json").read_text())
+    for name in summary["figures"]:
+        height, width, _ = _png_shape(out / name)
+        assert height > 300 and width > 400, name
+    with np.load(out / "taylor.npz") as arrays:
+        etas = arrays["etas"]
+        first = arrays["all layers/first_order_error"]
+        second = arrays["all layers/second_order_error"]
+    small = etas < 0.1 * summary["per_direction"]["all layers"]["stability_limit_2_over_lambda"]
+    # O(η): the error per unit η is nearly constant for small steps
+    ratio = first[small] / etas[small]
+    assert ratio.max() / ratio.min() < 1.5
+    assert np.all(second[small] < first[small])
+    assert set(summary["per_direction"]) == {"all layers", "layer 1", "layer 2", "layer 3"}
+    assert summary["lambda_max"] > 0

@@ -20,6 +20,8 @@ __all__ = [
     "landscape_2d",
     "landscape_surface",
     "convex_vs_nonconvex",
+    "taylor_predictions",
+    "taylor_errors",
     "save",
 ]
 
@@ -235,6 +237,93 @@ def convex_vs_nonconvex(
         ax = fig.add_subplot(1, 2, i + 1, projection="3d")
         _surface(ax, alphas, betas, _values(values), log=False)
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+def _mark_scales(ax, result) -> None:
+    if np.isfinite(result.stability_limit):
+        ax.axvline(result.stability_limit, color="k", ls=":", lw=1, label=r"$2/\lambda_{\max}$")
+    if np.isfinite(result.eta_threshold):
+        ax.axvline(
+            result.eta_threshold,
+            color="C3",
+            ls="--",
+            lw=1,
+            label=f"1st-order error = {result.threshold:.0%}",
+        )
+
+
+def taylor_predictions(result, *, title: str | None = None) -> Figure:
+    """|ΔC| actual against its first- and second-order predictions, against η (log–log).
+
+    ``result`` is a :class:`gdjax.curvature.TaylorResult` for θ' = θ + η d.
+    Where the lines part, the linear (tangent) prediction stops describing the step.
+    """
+    fig = Figure(figsize=(5.0, 3.8), layout="constrained")
+    ax = fig.subplots()
+    etas = np.asarray(result.etas)
+    ax.loglog(etas, np.abs(result.actual), color="k", lw=2, label=r"actual $|\Delta C|$")
+    ax.loglog(
+        etas,
+        np.abs(result.first_order),
+        color="C0",
+        ls="--",
+        label=r"1st order $|\eta\,\nabla C^\top d|$",
+    )
+    ax.loglog(
+        etas,
+        np.abs(result.second_order),
+        color="C1",
+        ls="-.",
+        label=r"2nd order $|\eta\,\nabla C^\top d + \frac{1}{2}\eta^2 d^\top H d|$",
+    )
+    _mark_scales(ax, result)
+    ax.set_xlabel(r"step size $\eta$")
+    ax.set_ylabel(r"$|\Delta C|$")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def taylor_errors(results: Mapping[str, object], *, title: str | None = None) -> Figure:
+    """Relative error of the first-order (solid) and second-order (dashed) predictions vs η.
+
+    ``results`` maps a label (``"all layers"``, ``"layer 1"``, …) to a
+    :class:`gdjax.curvature.TaylorResult`. A reference line of slope 1 shows
+    the first-order error's O(η) growth.
+    """
+    fig = Figure(figsize=(5.4, 3.9), layout="constrained")
+    ax = fig.subplots()
+    colors = _layer_colors(len(results))
+    for color, (label, r) in zip(colors, results.items(), strict=True):
+        etas = np.asarray(r.etas)
+        ax.loglog(etas, r.first_order_error, color=color, lw=1.6, label=f"{label}, 1st order")
+        ax.loglog(
+            etas, r.second_order_error, color=color, lw=1.0, ls="--", label=f"{label}, 2nd order"
+        )
+    first = next(iter(results.values()))
+    etas = np.asarray(first.etas)
+    err = np.asarray(first.first_order_error)
+    anchor = np.nanargmin(np.abs(np.log(np.maximum(err, 1e-300)) - np.log(1e-2)))
+    ax.loglog(
+        etas,
+        err[anchor] * etas / etas[anchor],
+        color="0.6",
+        lw=0.8,
+        ls=":",
+        label=r"$\propto \eta$",
+    )
+    _mark_scales(ax, first)
+    ax.axhline(first.threshold, color="0.4", lw=0.6)
+    ax.set_ylim(1e-8, 1e2)
+    ax.set_xlabel(r"step size $\eta$")
+    ax.set_ylabel("relative error of the prediction")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, ncols=2)
+    if title:
+        ax.set_title(title, fontsize=9)
     return fig
 
 

@@ -1,0 +1,159 @@
+"""How wrong is the linear prediction of a gradient step? Measured, per layer.
+
+    python scripts/taylor.py                   # trains a small default model first
+    python scripts/taylor.py runs/<run-dir>    # a run directory from scripts/train.py
+
+For the step θ' = θ − η ∇C (the gradient-descent step) it measures, for every η
+on a log grid around 2/λ_max, the actual change ΔC = C(θ') − C(θ) beside the
+first-order (tangent) prediction −η‖∇C‖² and the second-order prediction that
+adds ½η² ∇Cᵀ H ∇C; then the same for a step in one layer's params at a time
+(the seed question's "weight number 129", layer by layer). Everything is
+computed in float64. Writes taylor.json, taylor.npz and two figures to --out
+(default results/taylor or <run-dir>/taylor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gdjax import MLP, curvature, data, objective, plots, runs, train  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", nargs="?", help="a run directory from scripts/train.py")
+    p.add_argument("--out", default=None, help="results directory")
+    p.add_argument("--points", type=int, default=41, help="number of step sizes η")
+    p.add_argument("--epochs", type=int, default=100, help="default model's training epochs")
+    p.add_argument("--threshold", type=float, default=0.1, help="first-order error to report")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    return p.parse_args(argv)
+
+
+def load_or_train(args) -> tuple[MLP, str, list, data.Dataset]:
+    """The run's model, loss, params and data; or a (2, 16, 16, 1) tanh MLP trained on moons."""
+    if args.run_dir:
+        run = runs.load_run(args.run_dir)
+        data_key = jax.random.split(jax.random.key(run.config["seed"]))[0]
+        ds = data.get(run.config["data"], data_key, **run.config.get("data_kwargs", {}))
+        return run.model, run.config["loss"], run.params, ds
+    data_key, train_key = jax.random.split(jax.random.key(args.seed))
+    ds = data.moons(data_key, n=400, noise=0.15)
+    model = MLP((2, 16, 16, 1), activation="tanh")
+    result = train.fit(
+        model,
+        ds.loss,
+        "adam",
+        ds,
+        epochs=args.epochs,
+        key=train_key,
+        learning_rate=0.02,
+        eval_every=0,
+        progress=False,
+    )
+    return model, ds.loss, result.params, ds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    out = Path(args.out or (Path(args.run_dir) / "taylor" if args.run_dir else "results/taylor"))
+    out.mkdir(parents=True, exist_ok=True)
+    model, loss, params, ds = load_or_train(args)
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+    x = jnp.asarray(ds.x, jnp.float64)
+    y = ds.y if jnp.issubdtype(ds.y.dtype, jnp.integer) else jnp.asarray(ds.y, jnp.float64)
+    f = objective(model, loss)
+    key = jax.random.key(args.seed + 1)
+    eig = curvature.top_eigenvalues(f, params, 1, x, y, key=key)
+    lam = float(eig.eigenvalues[0])
+    scale = 2.0 / abs(lam)
+    etas = np.geomspace(1e-4 * scale, 10 * scale, args.points)
+
+    results = {
+        "all layers": curvature.taylor_step(
+            f, params, x, y, etas=etas, key=key, threshold=args.threshold, lambda_max=lam
+        )
+    }
+    for layer in range(model.num_layers):
+        results[f"layer {layer + 1}"] = curvature.taylor_step(
+            f, params, x, y, etas=etas, layer=layer, key=key, threshold=args.threshold
+        )
+
+    what = f"{model.sizes} {model.activation.name} on {ds.name}, step −η∇C"
+    names = [
+        plots.save(
+            plots.taylor_predictions(results["all layers"], title=what),
+            out / f"taylor_predictions.{args.format}",
+        ).name,
+        plots.save(
+            plots.taylor_errors(results, title=what), out / f"taylor_errors.{args.format}"
+        ).name,
+    ]
+    summary = {
+        "model": runs.model_to_dict(model),
+        "loss": loss,
+        "data": ds.name,
+        "loss_at_theta": float(f(params, x, y)),
+        "lambda_max": lam,
+        "figures": names,
+        "per_direction": {},
+    }
+    arrays = {"etas": etas}
+    for label, r in results.items():
+        at = {
+            f"eta={m}/lambda_max": float(
+                np.interp(np.log(m / abs(r.lambda_max)), np.log(r.etas), r.first_order_error)
+            )
+            for m in (0.01, 0.1, 1.0)
+        }
+        summary["per_direction"][label] = {
+            "lambda_max": r.lambda_max,
+            "stability_limit_2_over_lambda": r.stability_limit,
+            "eta_where_first_order_error_exceeds_threshold": r.eta_threshold,
+            "threshold": r.threshold,
+            "slope_gradC_dot_d": r.slope,
+            "curvature_dHd": r.curvature,
+            "first_order_relative_error": at,
+        }
+        for field in (
+            "actual",
+            "first_order",
+            "second_order",
+            "first_order_error",
+            "second_order_error",
+        ):
+            arrays[f"{label}/{field}"] = np.asarray(getattr(r, field))
+    summary["wall_time_s"] = time.perf_counter() - start
+    runs.atomic_write_json(out / "taylor.json", summary)
+    np.savez(out / "taylor.npz", **arrays)
+
+    print(f"{what}\nλ_max = {lam:.4g}, 2/λ_max = {2 / lam:.4g}")
+    print(
+        f"{'direction':<12}{'λ_max':>10}{'2/λ_max':>10}{'η @ 10% err':>13}"
+        f"{'err @ 0.01/λ':>14}{'err @ 0.1/λ':>13}{'err @ 1/λ':>11}"
+    )
+    for label, r in results.items():
+        e = summary["per_direction"][label]["first_order_relative_error"]
+        print(
+            f"{label:<12}{r.lambda_max:>10.4g}{r.stability_limit:>10.4g}"
+            f"{r.eta_threshold:>13.4g}{e['eta=0.01/lambda_max']:>14.2%}"
+            f"{e['eta=0.1/lambda_max']:>13.2%}{e['eta=1.0/lambda_max']:>11.2%}"
+        )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
