@@ -99,9 +99,21 @@ def make_optimizer(
     if not callable(lr) and (isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0):
         raise ValueError(f"learning_rate: expected a positive number, got {lr!r}.")
     try:
-        return OPTIMIZERS[optimizer](**hyperparams)
+        frozen = tuple(sorted(hyperparams.items()))
+        hash(frozen)
+    except TypeError:  # an unhashable hyper-parameter (e.g. an array): build it afresh
+        return _named_optimizer.__wrapped__(optimizer, tuple(hyperparams.items()))
+    return _named_optimizer(optimizer, frozen)
+
+
+@functools.lru_cache(maxsize=64)
+def _named_optimizer(name: str, hyperparams: tuple) -> optax.GradientTransformation:
+    """One transformation object per (name, hyper-parameters), so that jitted
+    functions built on it are reused (and not recompiled) by later calls."""
+    try:
+        return OPTIMIZERS[name](**dict(hyperparams))
     except TypeError as e:
-        raise ValueError(f"hyperparams: not accepted by optimizer {optimizer!r}: {e}") from None
+        raise ValueError(f"hyperparams: not accepted by optimizer {name!r}: {e}") from None
 
 
 def _grad_fn(model: MLP, loss: Loss, grad: GradMode):
@@ -277,8 +289,13 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
+@functools.lru_cache(maxsize=32)
 def _make_epoch(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule):
-    """The jitted epoch: permute, scan over full batches, one ragged step, finiteness guard."""
+    """The jitted epoch: permute, scan over full batches, one ragged step, finiteness guard.
+
+    Cached on its (hashable, static) arguments, so a second ``fit`` with the same
+    model, loss, optimizer and batch schedule reuses the compiled epoch.
+    """
     grad_fn = _grad_fn(model, loss, grad)
 
     def guarded_step(carry, idx, x, y):
