@@ -73,9 +73,9 @@ def train_default(out: Path, args) -> tuple[runs.Run, list]:
             ]
         return run, trajectory
     data_kwargs = {"n": 400, "noise": 0.15}
-    data_key, train_key = jax.random.split(jax.random.key(args.seed))
+    train_key = jax.random.split(jax.random.key(args.seed))[1]
     init_key, fit_key = jax.random.split(train_key)
-    ds = data.moons(data_key, **data_kwargs)
+    ds = data.from_config({"data": "moons", "seed": args.seed, "data_kwargs": data_kwargs})
     params = model.init(init_key)
     trajectory = [jax.tree.map(np.asarray, params)]
 
@@ -125,13 +125,6 @@ def train_default(out: Path, args) -> tuple[runs.Run, list]:
     return runs.load_run(run_dir), trajectory
 
 
-def dataset_for(run: runs.Run) -> data.Dataset:
-    """The run's data, regenerated as scripts/train.py draws it: key = split(key(seed))[0]."""
-    cfg = run.config
-    data_key = jax.random.split(jax.random.key(cfg["seed"]))[0]
-    return data.get(cfg["data"], data_key, **cfg.get("data_kwargs", {}))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -155,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         run, trajectory = runs.load_run(args.run_dir), None
     else:
         run, trajectory = train_default(out, args)
-    ds = dataset_for(run)
+    ds = data.from_config(run.config)
     model, params = run.model, run.params
     loss = run.config["loss"]
     f = make_loss_and_accuracy(model, loss)

@@ -45,11 +45,10 @@ def load_or_train(args) -> tuple[MLP, str, list, data.Dataset]:
     """The run's model, loss, params and data; or a (2, 16, 16, 1) tanh MLP trained on moons."""
     if args.run_dir:
         run = runs.load_run(args.run_dir)
-        data_key = jax.random.split(jax.random.key(run.config["seed"]))[0]
-        ds = data.get(run.config["data"], data_key, **run.config.get("data_kwargs", {}))
-        return run.model, run.config["loss"], run.params, ds
-    data_key, train_key = jax.random.split(jax.random.key(args.seed))
-    ds = data.moons(data_key, n=400, noise=0.15)
+        return run.model, run.config["loss"], run.params, data.from_config(run.config)
+    train_key = jax.random.split(jax.random.key(args.seed))[1]
+    moons = {"n": 400, "noise": 0.15}
+    ds = data.from_config({"data": "moons", "seed": args.seed, "data_kwargs": moons})
     model = MLP((2, 16, 16, 1), activation="tanh")
     result = train.fit(
         model,

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"--hidden: expected comma-separated integers, got {args.hidden!r}", file=sys.stderr)
         return 2
-    data_key, train_key = jax.random.split(jax.random.key(args.seed))
-    ds = data.get(args.data, data_key)
+    train_key = jax.random.split(jax.random.key(args.seed))[1]
+    ds = data.from_config({"data": args.data, "seed": args.seed})
     dtype = jnp.float64 if args.float64 else jnp.float32
     if args.float64:
         ds = jax.tree.map(

@@ -66,6 +66,7 @@ __all__ = [
     "digits",
     "get",
     "names",
+    "from_config",
 ]
 
 MSE = "mse"
@@ -749,3 +750,20 @@ def get(name: str, key: jax.Array | None = None, **kwargs) -> Dataset:
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"name: expected one of {', '.join(names())}, got {name!r}.")
     return _REGISTRY[name](key, **kwargs)
+
+
+def from_config(config: dict) -> Dataset:
+    """The data set a run was trained on, regenerated from its ``config.json``.
+
+    The convention of ``scripts/train.py`` (and every script that trains):
+    the data key is ``jax.random.split(jax.random.key(seed))[0]``, and
+    ``config["data_kwargs"]`` (if present) holds the generator's arguments.
+
+    >>> from_config({"data": "moons", "seed": 0}).x.shape
+    (160, 2)
+    """
+    for field in ("data", "seed"):
+        if field not in config:
+            raise ValueError(f"config: expected a {field!r} entry, got keys {sorted(config)}.")
+    data_key = jax.random.split(jax.random.key(config["seed"]))[0]
+    return get(config["data"], data_key, **config.get("data_kwargs", {}))
