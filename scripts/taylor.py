@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -25,6 +26,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 from gdjax import MLP, curvature, data, objective, plots, runs, train  # noqa: E402
 
@@ -62,6 +64,80 @@ def load_or_train(args) -> tuple[MLP, str, list, data.Dataset]:
         progress=False,
     )
     return model, ds.loss, result.params, ds
+
+
+def linear_regression_problem(seed: int):
+    ds = data.linear_regression(jax.random.key(seed), n=200, d=5, noise=0.1, dtype=jnp.float64)
+    model = MLP((5, 1), output_activation="identity")
+    return model, ds
+
+
+def quadratic_stability(seed: int, epochs: int = 100) -> dict:
+    """Full-batch GD on linear regression (C is a quadratic) just below and above 2/λ_max.
+
+    On a quadratic, each step multiplies the error along eigenvector k by
+    (1 − ηλ_k): it shrinks for every k only when η < 2/λ_max.
+    """
+    model, ds = linear_regression_problem(seed)
+    f = objective(model, "mse")
+    params = model.init(jax.random.key(seed), dtype=jnp.float64)
+    lam = float(
+        curvature.top_eigenvalues(f, params, 1, ds.x, ds.y, key=jax.random.key(seed)).eigenvalues[0]
+    )
+    runs_ = []
+    for factor in (0.9, 0.99, 1.01, 1.1):
+        eta = factor * 2 / lam
+        with warnings.catch_warnings():  # a divergence above 2/λ is the point: recorded below
+            warnings.simplefilter("ignore", train.DivergedWarning)
+            result = train.fit(
+                model,
+                "mse",
+                "sgd",
+                (ds.x, ds.y),
+                epochs=epochs,
+                key=jax.random.key(seed),
+                params=params,
+                learning_rate=eta,
+                eval_every=0,
+                progress=False,
+            )
+        loss = result.history["step_loss"]
+        runs_.append(
+            {
+                "eta_times_lambda_over_2": factor,
+                "eta": eta,
+                "loss_start": float(loss[0]),
+                "loss_end": float(loss[-1]),
+                "loss_ratio": float(loss[-1] / loss[0]),
+                "diverged": result.diverged is not None,
+            }
+        )
+    return {"lambda_max": lam, "stability_limit": 2 / lam, "epochs": epochs, "runs": runs_}
+
+
+def newton_one_step(f, params, x, y, seed: int) -> dict:
+    """One dense Newton step θ − H⁻¹∇C: exact on linear regression, not on the MLP."""
+    model, ds = linear_regression_problem(seed)
+    f_lr = objective(model, "mse")
+    p0 = model.init(jax.random.key(seed), dtype=jnp.float64)
+    step = curvature.newton_step(f_lr, p0, ds.x, ds.y, method="dense")
+    design = np.concatenate([np.asarray(ds.x), np.ones((ds.num_train, 1))], axis=1)
+    solution = np.linalg.lstsq(design, np.asarray(ds.y), rcond=None)[0].ravel()
+    reached = np.concatenate([np.ravel(step.params[0]["w"]), np.ravel(step.params[0]["b"])])
+
+    def grad_norm(p) -> float:
+        return float(optax.tree.norm(jax.grad(f)(p, x, y)))
+
+    # on the MLP: damped just enough to make H + λI positive definite (H is indefinite)
+    mlp = curvature.newton_step(f, params, x, y, method="dense", damping=1e-3)
+    return {
+        "linear_regression_distance": float(np.linalg.norm(reached - solution)),
+        "mlp_loss_before": float(f(params, x, y)),
+        "mlp_loss_after": float(f(mlp.params, x, y)),
+        "mlp_grad_norm_before": grad_norm(params),
+        "mlp_grad_norm_after": grad_norm(mlp.params),
+        "mlp_damping": 1e-3,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             "second_order_error",
         ):
             arrays[f"{label}/{field}"] = np.asarray(getattr(r, field))
+    summary["quadratic_stability"] = quadratic_stability(args.seed)
+    summary["newton"] = newton_one_step(f, params, x, y, args.seed)
     summary["wall_time_s"] = time.perf_counter() - start
     runs.atomic_write_json(out / "taylor.json", summary)
     np.savez(out / "taylor.npz", **arrays)
@@ -150,6 +228,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.eta_threshold:>13.4g}{e['eta=0.01/lambda_max']:>14.2%}"
             f"{e['eta=0.1/lambda_max']:>13.2%}{e['eta=1.0/lambda_max']:>11.2%}"
         )
+    q = summary["quadratic_stability"]
+    print(
+        f"linear regression (a quadratic C), λ_max = {q['lambda_max']:.4g}: full-batch GD for "
+        f"{q['epochs']} epochs, C_end/C_start = "
+        + ", ".join(
+            f"{r['loss_ratio']:.3g} at η = {r['eta_times_lambda_over_2']}·2/λ" for r in q["runs"]
+        )
+    )
+    n = summary["newton"]
+    print(
+        f"one Newton step: linear regression ‖θ − θ_lstsq‖ = {n['linear_regression_distance']:.2e};"
+        f" the MLP's C {n['mlp_loss_before']:.4g} → {n['mlp_loss_after']:.4g}, ‖∇C‖ "
+        f"{n['mlp_grad_norm_before']:.3g} → {n['mlp_grad_norm_after']:.3g}"
+    )
     print(f"wrote {out}")
     return 0
 

@@ -177,3 +177,11 @@ def test_taylor_script_measures_the_linear_prediction_error(tmp_path, capsys):
     assert np.all(second[small] < first[small])
     assert set(summary["per_direction"]) == {"all layers", "layer 1", "layer 2", "layer 3"}
     assert summary["lambda_max"] > 0
+    # GD on a quadratic converges below 2/λ_max and blows up above it
+    stability = {r["eta_times_lambda_over_2"]: r for r in summary["quadratic_stability"]["runs"]}
+    assert stability[0.9]["loss_ratio"] < 1e-2 and stability[0.99]["loss_ratio"] < 1
+    assert stability[1.01]["loss_ratio"] > 1 and stability[1.1]["loss_ratio"] > 1e6
+    # one Newton step solves linear regression, but not the non-linear network
+    newton = summary["newton"]
+    assert newton["linear_regression_distance"] < 1e-8
+    assert newton["mlp_grad_norm_after"] > 1e-3
