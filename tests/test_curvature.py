@@ -4,7 +4,10 @@ The references are built densely, on tiny float64 models only:
 ``H = jax.hessian`` of the cost of the flattened params (``ravel_pytree``),
 ``G = Jᵀ H_out J`` from ``jax.jacobian`` of the network output and
 ``jax.hessian`` of the loss, ``numpy.linalg.eigvalsh``, ``numpy.trace`` and
-``numpy.linalg.lstsq``.
+``numpy.linalg.lstsq``; for the spectral density, the spectral projectors of
+the dense H (whose Hutchinson variance is known exactly) and Gauss quadrature's
+exactness on polynomials; for per-layer curvature, the diagonal blocks of H.
+The edge-of-stability test trains a small network with ``gdjax.train.fit``.
 """
 
 import jax
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from gdjax import MLP, activations, curvature, losses, objective
+from gdjax import MLP, activations, curvature, losses, objective, train
 
 # ------------------------------------------------------------------ helpers
 
@@ -60,6 +63,11 @@ def random_like(rng, params):
 
 def assert_close(a, b, rtol, atol=0.0):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+def integral(values, grid):
+    """The trapezoid rule on a (possibly non-uniform) grid."""
+    return float(np.sum(np.diff(grid) * (values[1:] + values[:-1]) / 2))
 
 
 # ------------------------------------------------------------------ hvp
@@ -277,6 +285,123 @@ def test_hutchinson_is_exact_for_a_diagonal_hessian():
     assert est.estimate == pytest.approx(15.0, rel=1e-14) and est.stderr == 0
 
 
+# ------------------------------------------------------------------ spectral density
+
+
+def projector_variance(u, inside):
+    """Var of ``vᵀPv`` for Rademacher v and ``P = U_S U_Sᵀ``: ``2(‖P‖_F² − Σ_i P_ii²)``."""
+    p = u[:, inside] @ u[:, inside].T
+    return 2 * (np.sum(p**2) - np.sum(np.diag(p) ** 2))
+
+
+@pytest.fixture(scope="module")
+def full_slq(eig_problem):
+    """SLQ with m = n Lanczos steps: the quadrature is the exact spectral measure of each v̂."""
+    f, params, args, h, eigenvalues = eig_problem
+    runs = 20
+    sd = curvature.spectral_density(
+        f, params, *args, key=jax.random.key(20), lanczos_steps=h.shape[0], runs=runs
+    )
+    return sd, runs
+
+
+def test_slq_with_m_equal_n_has_the_eigenvalues_as_nodes(eig_problem, full_slq):
+    _, _, _, h, eigenvalues = eig_problem
+    sd, runs = full_slq
+    n = h.shape[0]
+    assert sd.nodes.shape == sd.weights.shape == (runs, n) and sd.hvps == runs * n
+    scale = np.abs(eigenvalues).max()
+    np.testing.assert_allclose(
+        sd.nodes, np.broadcast_to(eigenvalues, (runs, n)), atol=1e-10 * scale
+    )
+    np.testing.assert_allclose(sd.weights.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert np.all(sd.weights >= 0)
+    assert integral(sd.density, sd.grid) == pytest.approx(1.0, abs=1e-3)
+    assert sd.grid[0] < eigenvalues[0] and eigenvalues[-1] < sd.grid[-1]
+
+
+def test_slq_mass_agrees_with_the_dense_eigenvalue_histogram(eig_problem, full_slq):
+    # With m = n each run's mass below t is v̂ᵀPv̂ = vᵀPv/n, P the projector on the
+    # eigenvectors with λ < t: Hutchinson's estimate of tr P / n, whose variance for
+    # Rademacher v is known exactly. Allow 4 standard deviations of the mean of the runs.
+    _, _, _, h, eigenvalues = eig_problem
+    sd, runs = full_slq
+    n = h.shape[0]
+    _, u = np.linalg.eigh(h)
+    lines = []
+    for t in (-0.1, 0.0, 1e-3, 0.1, 1.0):
+        below = eigenvalues < t
+        tol = 4 * np.sqrt(projector_variance(u, below) / runs) / n
+        lines.append(
+            f"  λ < {t:5}: SLQ {sd.mass(high=t):.4f}, dense {below.mean():.4f} ± {tol:.4f}"
+        )
+        assert abs(sd.mass(high=t) - below.mean()) <= tol
+        assert sd.mass(low=t) == pytest.approx(1 - sd.mass(high=t), abs=1e-12)
+    print("\nfraction of the", n, "eigenvalues (", runs, "runs, m = n):\n" + "\n".join(lines))
+    # E[n Σ_i τ_i θ_i] = E[vᵀHv] = tr H: Hutchinson's estimator again.
+    per_run = n * np.sum(sd.weights * sd.nodes, axis=1)
+    stderr = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / runs)
+    print(f"tr H = {np.trace(h):.4f}, SLQ {per_run.mean():.4f} (standard error {stderr:.4f})")
+    assert abs(per_run.mean() - np.trace(h)) <= 3 * stderr
+
+
+def test_slq_quadrature_is_exact_for_low_degree_moments(eig_problem, full_slq, compilations):
+    # Gauss quadrature with m nodes integrates polynomials of degree ≤ 2m − 1 exactly:
+    # Σ_i τ_i θ_i^k = v̂ᵀH^k v̂ for k ≤ 2m − 1, whatever m. So a 3-step run from the same
+    # start vectors has the moments k ≤ 5 of the m = n run.
+    f, params, args, _, eigenvalues = eig_problem
+    sd_full, runs = full_slq
+    sd = curvature.spectral_density(
+        f, params, *args, key=jax.random.key(20), lanczos_steps=3, runs=runs, sigma=0.05
+    )
+    assert sd.nodes.shape == (runs, 3) and sd.sigma == 0.05
+    np.testing.assert_allclose(sd.weights.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    for k in range(1, 6):
+        got = np.sum(sd.weights * sd.nodes**k, axis=1)
+        want = np.sum(sd_full.weights * sd_full.nodes**k, axis=1)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    # Ritz values interlace: every node lies inside [λ_min, λ_max].
+    scale = np.abs(eigenvalues).max()
+    assert np.all(sd.nodes >= eigenvalues[0] - 1e-12 * scale)
+    assert np.all(sd.nodes <= eigenvalues[-1] + 1e-12 * scale)
+    assert integral(sd.density, sd.grid) == pytest.approx(1.0, abs=1e-3)
+    compiled = compilations.count
+    curvature.spectral_density(
+        f, params, *args, key=jax.random.key(21), lanczos_steps=3, runs=runs, sigma=0.05
+    )
+    assert compilations.count == compiled  # same f, m and runs: nothing recompiles
+
+
+def test_slq_with_repeated_eigenvalues_and_a_given_grid():
+    # Linear model, two outputs, mse: H = I₂ ⊗ AᵀA/n with A = [x, 1], so each eigenvalue of
+    # AᵀA/n appears twice. The Krylov space of v̂ holds one copy of each; once it closes,
+    # Lanczos restarts, and the second copies come back as nodes of weight 0.
+    _, f, params, x, y = make_problem(12, (3, 2), "identity", batch=20)
+    a = np.hstack([np.asarray(x), np.ones((20, 1))])
+    eigenvalues = np.repeat(np.linalg.eigvalsh(a.T @ a / 20), 2)
+    grid = np.linspace(eigenvalues[0] - 1, eigenvalues[-1] + 1, 4001)
+    sd = curvature.spectral_density(
+        f,
+        params,
+        x,
+        y,
+        key=jax.random.key(22),
+        lanczos_steps=8,
+        runs=3,
+        grid=grid,
+        distribution="gaussian",
+    )
+    np.testing.assert_allclose(sd.nodes, np.broadcast_to(eigenvalues, (3, 8)), rtol=1e-10)
+    np.testing.assert_allclose(sd.weights.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert np.all(np.sum(sd.weights > 1e-12, axis=1) == 4)
+    assert np.array_equal(sd.grid, grid)
+    assert integral(sd.density, sd.grid) == pytest.approx(1.0, abs=1e-3)
+    again = curvature.spectral_density(
+        f, params, x, y, key=jax.random.key(22), lanczos_steps=8, runs=3, grid=50
+    )
+    assert again.grid.shape == (50,) and again.grid[0] < eigenvalues[0]
+
+
 # ------------------------------------------------------------------ Taylor error of a step
 
 
@@ -352,6 +477,105 @@ def test_taylor_given_direction_and_layer():
     assert res.lambda_max == pytest.approx(np.linalg.eigvalsh(h[n0:, n0:])[-1], rel=1e-6)
     d = flat(res.direction)
     assert res.curvature == pytest.approx(d @ h @ d, rel=1e-10)
+
+
+# ------------------------------------------------------------------ per-layer curvature
+
+
+def dense_blocks(h, params):
+    """The diagonal blocks H_ll of the flattened Hessian (ravel_pytree keeps layers contiguous)."""
+    sizes = [flat(p).size for p in params]
+    ends = np.cumsum(sizes)
+    return [h[end - size : end, end - size : end] for size, end in zip(sizes, ends, strict=True)]
+
+
+def test_layer_curvature_equals_the_dense_diagonal_blocks(eig_problem):
+    f, params, args, h, eigenvalues = eig_problem
+    blocks = dense_blocks(h, params)
+    exact = curvature.layer_curvature(
+        f, params, *args, key=jax.random.key(30), trace_method="exact"
+    )
+    assert exact.num_params.tolist() == [b.shape[0] for b in blocks] == [50, 110, 22]
+    assert exact.exact.all() and exact.converged.all() and np.all(exact.trace_stderr == 0)
+    assert_close(exact.lambda_max, [np.linalg.eigvalsh(b)[-1] for b in blocks], rtol=1e-6)
+    assert_close(exact.trace, [np.trace(b) for b in blocks], rtol=1e-10, atol=1e-12)
+    assert exact.trace.sum() == pytest.approx(np.trace(h), rel=1e-10)
+    assert np.all(exact.lambda_max <= eigenvalues[-1] * (1 + 1e-8))  # a Rayleigh quotient
+    print(
+        f"\nλ_max(H) = {eigenvalues[-1]:.4f}; per layer λ_max(H_ll) = {exact.lambda_max.round(4)}, "
+        f"tr H_ll = {exact.trace.round(4)}, HVPs {exact.hvps}"
+    )
+
+    # "auto": exact where n_l ≤ samples (layers 0 and 2), Hutchinson for the 110-param layer.
+    auto = curvature.layer_curvature(f, params, *args, key=jax.random.key(31), samples=60)
+    assert auto.exact.tolist() == [True, False, True]
+    assert_close(auto.trace[auto.exact], exact.trace[auto.exact], rtol=1e-10, atol=1e-12)
+    assert auto.trace_stderr[1] > 0 and auto.hvps[1] >= 60
+    assert abs(auto.trace[1] - np.trace(blocks[1])) <= 3 * auto.trace_stderr[1]
+    assert_close(auto.lambda_max, exact.lambda_max, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ sharpness during training
+
+# Full-batch GD on a small tanh regression: starting at ≈ 0.46·(2/η), λ_max rises to 2/η
+# within ~160 epochs (progressive sharpening), overshoots to ≈ 1.2·(2/η), the loss spikes
+# and λ_max drops to ≈ 0.83·(2/η), then it climbs back and hovers at 2/η (edge of stability).
+EOS_ETA, EOS_EPOCHS, EOS_EVERY = 0.2, 500, 20
+
+
+def test_sharpness_rises_to_the_edge_of_stability():
+    model = MLP((2, 32, 32, 1), activation="tanh")
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(64, 2)))
+    y = jnp.sin(2 * x[:, :1]) * jnp.cos(x[:, 1:])
+    params = model.init(jax.random.key(1), dtype=jnp.float64)
+    warm = curvature.track_sharpness(model, "mse", x, y, key=jax.random.key(2))
+    cold = curvature.track_sharpness(model, "mse", x, y, key=jax.random.key(2), warm_start=False)
+
+    def both(epoch, params, opt_state, history):
+        warm(epoch, params, opt_state, history)
+        cold(epoch, params, opt_state, history)
+
+    warm(0, params)  # the start
+    result = train.fit(
+        model,
+        "mse",
+        "sgd",
+        (x, y),
+        epochs=EOS_EPOCHS,
+        key=jax.random.key(0),
+        params=params,
+        batch_size=None,
+        learning_rate=EOS_ETA,
+        callback=both,
+        callback_every=EOS_EVERY,
+        eval_every=0,
+        progress=False,
+    )
+    assert result.diverged is None
+    want_epochs = np.arange(EOS_EVERY, EOS_EPOCHS + 1, EOS_EVERY)
+    assert np.array_equal(warm.epochs, np.concatenate([[0], want_epochs]))
+    assert np.array_equal(cold.epochs, want_epochs)
+    assert warm.converged.all() and cold.converged.all()
+    assert_close(warm.sharpness[1:], cold.sharpness, rtol=1e-6)  # same λ_max either way
+    print(
+        f"\nHVPs per measurement: warm start {warm.hvps[1:].mean():.2f}, "
+        f"random start {cold.hvps.mean():.2f}"
+    )
+    assert warm.hvps[1:].mean() < cold.hvps.mean()
+
+    ratio = warm.sharpness * EOS_ETA / 2  # λ_max / (2/η)
+    rows = (f"{e:5d}  {r:.3f}" for e, r in zip(warm.epochs, ratio, strict=True))
+    print("epoch  λ_max·η/2:\n" + "\n".join(rows))
+    assert ratio[0] < 0.6  # starts well below the stability limit …
+    crossed = np.flatnonzero(ratio >= 1)
+    assert crossed.size > 0  # … rises to it …
+    after = ratio[crossed[0] :]
+    assert np.all((0.5 <= after) & (after <= 1.5))  # … and stays near it
+    assert 0.75 <= ratio[-len(ratio) // 4 :].mean() <= 1.25
+    loss = result.history["loss"]
+    assert loss[-1] < 0.05 * loss[0]  # training still progresses …
+    assert np.any(np.diff(loss) > 0)  # … but not monotonically
 
 
 # ------------------------------------------------------------------ Newton's step
@@ -525,6 +749,84 @@ BAD_CALLS = {
     "dense Newton on a large model": (
         lambda: curvature.newton_step(TINY_F, [{"w": np.zeros((70, 70))}], *TINY_ARGS),
         r"params: method='dense' forms the 4900×4900 Hessian; expected at most 4096",
+    ),
+    "lanczos_steps zero": (
+        lambda: curvature.spectral_density(
+            TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, lanczos_steps=0
+        ),
+        r"lanczos_steps: expected a positive integer, got 0",
+    ),
+    "lanczos_steps larger than the number of params": (
+        lambda: curvature.spectral_density(
+            TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, lanczos_steps=7
+        ),
+        r"lanczos_steps: expected at most 6, the number of parameters",
+    ),
+    "runs zero": (
+        lambda: curvature.spectral_density(TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, runs=0),
+        r"runs: expected a positive integer, got 0",
+    ),
+    "sigma negative": (
+        lambda: curvature.spectral_density(TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, sigma=-1.0),
+        r"sigma: expected a positive finite number, got -1.0",
+    ),
+    "grid of one point": (
+        lambda: curvature.spectral_density(TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, grid=1),
+        r"grid: expected at least 2 points, got 1",
+    ),
+    "grid decreasing": (
+        lambda: curvature.spectral_density(
+            TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, grid=[1.0, 0.0]
+        ),
+        r"grid: expected None, a number of points ≥ 2, or a 1-D increasing array",
+    ),
+    "unknown start distribution": (
+        lambda: curvature.spectral_density(
+            TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, distribution="uniform"
+        ),
+        r"distribution: expected one of 'rademacher', 'gaussian', got 'uniform'",
+    ),
+    "spectral density without a key": (
+        lambda: curvature.spectral_density(TINY_F, TINY_PARAMS, *TINY_ARGS, key=None),
+        r"key: expected a PRNG key",
+    ),
+    "layer curvature of params that are not a list of layers": (
+        lambda: curvature.layer_curvature(TINY_F, TINY_PARAMS[0], *TINY_ARGS, key=KEY),
+        r"params: expected a non-empty list of per-layer pytrees",
+    ),
+    "unknown trace method": (
+        lambda: curvature.layer_curvature(
+            TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, trace_method="dense"
+        ),
+        r"trace_method: expected one of 'auto', 'exact', 'hutchinson', got 'dense'",
+    ),
+    "layer curvature with one sample": (
+        lambda: curvature.layer_curvature(TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, samples=1),
+        r"samples: expected at least 2",
+    ),
+    "sharpness of something that is not an MLP": (
+        lambda: curvature.track_sharpness(TINY_F, "mse", *TINY_ARGS, key=KEY),
+        r"model: expected a gdjax.MLP, got function",
+    ),
+    "sharpness with an unknown loss": (
+        lambda: curvature.track_sharpness(TINY, "l1", *TINY_ARGS, key=KEY),
+        r"loss: expected one of",
+    ),
+    "sharpness on inputs of the wrong width": (
+        lambda: curvature.track_sharpness(TINY, "mse", np.ones((3, 4)), TINY_ARGS[1], key=KEY),
+        r"x: expected shape \(batch, 2\)",
+    ),
+    "sharpness with fewer targets than inputs": (
+        lambda: curvature.track_sharpness(TINY, "mse", TINY_ARGS[0], np.zeros((2, 2)), key=KEY),
+        r"y: expected 3 examples",
+    ),
+    "sharpness with tol zero": (
+        lambda: curvature.track_sharpness(TINY, "mse", *TINY_ARGS, key=KEY, tol=0.0),
+        r"tol: expected a positive finite number, got 0.0",
+    ),
+    "sharpness recorded at a negative epoch": (
+        lambda: curvature.track_sharpness(TINY, "mse", *TINY_ARGS, key=KEY)(-1, TINY_PARAMS),
+        r"epoch: expected a non-negative integer, got -1",
     ),
     "cg_iters zero": (
         lambda: curvature.newton_step(TINY_F, TINY_PARAMS, *TINY_ARGS, method="cg", cg_iters=0),

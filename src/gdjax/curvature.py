@@ -21,8 +21,13 @@ params pytree, e.g. ``f = gdjax.objective(model, "mse")`` with ``args = (x, y)``
 - :func:`top_eigenvalues` — the k largest (or largest-magnitude) eigenvalues
   of H and their eigenvectors, by Lanczos or by power iteration.
 - :func:`trace` — Hutchinson's estimate of ``tr H`` with its standard error.
+- :func:`spectral_density` — the density of the eigenvalues of H by stochastic
+  Lanczos quadrature: quadrature nodes and weights, and a smoothed density.
 - :func:`taylor_step` — actual ΔC of a step vs its first- and second-order
   predictions, for many step sizes η at once.
+- :func:`layer_curvature` — λ_max and trace of each layer's diagonal block H_ll.
+- :func:`track_sharpness` — a :func:`~gdjax.train.fit` callback recording
+  λ_max(H) during training (warm-started Lanczos), to watch it reach 2/η.
 - :func:`newton_step` — a damped Newton step, dense or by conjugate gradient
   on Hessian-vector products (Hessian-free).
 
@@ -44,8 +49,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gdjax import losses
-from gdjax._checks import check_positive_int, shape_of
-from gdjax.backprop import check_batch
+from gdjax._checks import check_num_examples, check_positive_int, shape_of
+from gdjax.backprop import check_batch, objective
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
 
@@ -56,6 +61,12 @@ __all__ = [
     "Eigen",
     "trace",
     "TraceEstimate",
+    "spectral_density",
+    "SpectralDensity",
+    "layer_curvature",
+    "LayerCurvature",
+    "track_sharpness",
+    "SharpnessTracker",
     "taylor_step",
     "TaylorResult",
     "newton_step",
@@ -639,6 +650,245 @@ def trace(
     )
 
 
+# ---------------------------------------------------------------- spectral density
+
+
+class SpectralDensity(NamedTuple):
+    """What :func:`spectral_density` returns; arrays are numpy (float64).
+
+    Attributes:
+      nodes: ``(runs, m)``, the eigenvalues θ_{r,i} of each run's tridiagonal ``T_m``
+        (ascending): the quadrature nodes.
+      weights: ``(runs, m)``, ``τ_{r,i} = s_{r,i}[0]²``, the squared first components of
+        the eigenvectors of ``T_m``: the quadrature weights (each row sums to 1).
+      grid: the points t at which the density is evaluated.
+      density: ``φ(t) = (1/R) Σ_r Σ_i τ_{r,i} g_σ(t − θ_{r,i})`` on ``grid``, with
+        ``g_σ`` the Gaussian of width σ: a probability density (it integrates to 1
+        over a grid that covers the nodes with a few σ to spare, as the default does).
+      sigma: σ, the width of the Gaussian kernel.
+      hvps: the number of Hessian-vector products computed (``runs·m``).
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    grid: np.ndarray
+    density: np.ndarray
+    sigma: float
+    hvps: int
+
+    def mass(self, low: float = -math.inf, high: float = math.inf) -> float:
+        """The estimated fraction of the n eigenvalues of H in ``[low, high)``.
+
+        ``(1/R) Σ_r Σ_i τ_{r,i} 1[low ≤ θ_{r,i} < high]``: each run is ``v̂ᵀ P v̂`` for
+        the spectral projector P on ``[low, high)`` (exactly so when m = n), an
+        unbiased estimate of ``tr P / n``.
+        """
+        inside = (self.nodes >= low) & (self.nodes < high)
+        return float(np.mean(np.sum(self.weights * inside, axis=1)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _slq_lanczos(f, params, keys, steps, batch_size, gaussian, args):
+    """α ``(runs, m)`` and β ``(runs, m − 1)`` of ``T_m`` from each key's start vector.
+
+    The Lanczos step (with full reorthogonalisation) is :func:`_lanczos_step`;
+    when β collapses (an invariant subspace), the next vector is a random one
+    orthogonal to the basis and that β is set to 0: ``T_m`` splits into blocks,
+    and the nodes of the later blocks get weight 0.
+    """
+    flat, _ = ravel_pytree(params)
+    n, dtype = flat.size, flat.dtype
+    eps = jnp.finfo(dtype).eps
+
+    def one_run(key):
+        start_key, restart_key = jax.random.split(key)
+        if gaussian:
+            v = jax.random.normal(start_key, (n,), dtype)
+        else:
+            v = jax.random.rademacher(start_key, (n,), dtype)
+        q_mat = jnp.zeros((steps + 1, n), dtype).at[0].set(v / jnp.linalg.norm(v))
+
+        def restart(q_mat, j):
+            r = jax.random.normal(jax.random.fold_in(restart_key, j), (n,), dtype)
+            return _set_orthonormal(q_mat.at[j + 1].set(0), j + 1, r)[0]
+
+        def step(j, state):
+            q_mat, alphas, betas, scale = state
+            beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0)
+            q_mat, alpha, beta = _lanczos_step(f, params, q_mat, j, beta_prev, args)
+            scale = jnp.maximum(scale, jnp.maximum(jnp.abs(alpha), beta))
+            broke = (beta <= 1e3 * eps * scale) & (j + 1 < steps)
+            q_mat = jax.lax.cond(broke, restart, lambda q, j: q, q_mat, j)
+            return q_mat, alphas.at[j].set(alpha), betas.at[j].set(jnp.where(broke, 0, beta)), scale
+
+        zeros = jnp.zeros(steps, dtype)
+        state = (q_mat, zeros, zeros, jnp.zeros((), dtype))
+        _, alphas, betas, _ = jax.lax.fori_loop(0, steps, step, state)
+        return alphas, betas[:-1]
+
+    return jax.lax.map(one_run, keys, batch_size=batch_size)
+
+
+def _gaussian_mixture(grid: np.ndarray, nodes: np.ndarray, weights: np.ndarray, sigma: float):
+    """``(1/R) Σ_r Σ_i τ_{r,i} g_σ(t − θ_{r,i})`` on the grid, one run at a time."""
+    density = np.zeros(grid.size)
+    for theta, tau in zip(nodes, weights, strict=True):
+        density += np.exp(-0.5 * ((grid[:, None] - theta) / sigma) ** 2) @ tau
+    return density / (len(nodes) * sigma * math.sqrt(2 * math.pi))
+
+
+def _check_grid(grid) -> np.ndarray | int | None:
+    if grid is None:
+        return None
+    if isinstance(grid, int | np.integer) and not isinstance(grid, bool):
+        if grid < 2:
+            raise ValueError(f"grid: expected at least 2 points, got {grid}.")
+        return int(grid)
+    points = np.asarray(grid)
+    if (
+        points.ndim != 1
+        or points.size < 2
+        or not np.issubdtype(points.dtype, np.number)
+        or not np.all(np.isfinite(points))
+        or not np.all(np.diff(points) > 0)
+    ):
+        raise ValueError(
+            f"grid: expected None, a number of points ≥ 2, or a 1-D increasing array of at "
+            f"least 2 finite points, got {grid!r}."
+        )
+    return points.astype(np.float64)
+
+
+def spectral_density(
+    f: Callable[..., jax.Array],
+    params: PyTree,
+    *args: Any,
+    key: jax.Array,
+    lanczos_steps: int | None = None,
+    runs: int = 10,
+    grid: int | Sequence[float] | np.ndarray | None = None,
+    sigma: float | None = None,
+    distribution: Literal["rademacher", "gaussian"] = "rademacher",
+    batch_size: int = 1,
+) -> SpectralDensity:
+    """The eigenvalue density of the Hessian by stochastic Lanczos quadrature (SLQ).
+
+    The spectral density of ``H = ∇²C(θ)`` (n eigenvalues λ_k, eigenvectors u_k)
+    and its smoothed version are
+
+    .. math::
+
+        φ(t) = \\frac{1}{n}\\sum_{k=1}^n δ(t − λ_k), \\qquad
+        φ_σ(t) = \\frac{1}{n}\\sum_{k=1}^n g_σ(t − λ_k)
+               = \\frac{1}{n}\\operatorname{tr} g_σ(tI − H),
+
+    with ``g_σ(s) = exp(−s²/2σ²)/(σ√2π)``. A trace is an expectation over random
+    unit vectors v̂ (``𝔼[v̂ᵀAv̂] = tr A / n``), and ``v̂ᵀ g(H) v̂ = Σ_k (v̂ᵀu_k)² g(λ_k)``
+    is an integral against the measure with weights ``(v̂ᵀu_k)²`` at the λ_k, which m
+    steps of Lanczos from q_0 = v̂ turn into an m-point Gauss quadrature: with
+    ``T_m = S diag(θ) Sᵀ`` the tridiagonal Lanczos matrix,
+
+    .. math::
+
+        v̂^T g(H)\\, v̂ ≈ \\sum_{i=1}^m τ_i\\, g(θ_i), \\qquad τ_i = S_{0i}^2,
+        \\qquad \\sum_i τ_i = 1,
+
+    exact for polynomials g of degree ≤ 2m − 1 (so ``Σ_i τ_i θ_i = v̂ᵀHv̂``, and
+    ``n·𝔼[Σ_i τ_i θ_i] = tr H``). Averaging R runs (independent v̂) gives
+    ``φ_σ(t) ≈ (1/R) Σ_r Σ_i τ_{r,i} g_σ(t − θ_{r,i})``. Each run costs m Hessian-vector
+    products. Lanczos keeps all m vectors and reorthogonalises fully (as in
+    :func:`top_eigenvalues`), so the nodes are not spoiled by the ghost copies
+    that plain Lanczos produces in floating point; with m = n they are the
+    eigenvalues of H themselves and the weights the exact ``(v̂ᵀu_k)²``.
+
+    Args:
+      f: scalar function ``f(params, *args)``.
+      params: θ.
+      *args: further arguments of ``f`` (e.g. ``x, y``).
+      key: PRNG key for the start vectors (run r uses ``split(key, runs)[r]``).
+      lanczos_steps: m, Lanczos steps per run, ``1 ≤ m ≤ n``; default ``min(90, n)``
+        (Ghorbani et al. use 90).
+      runs: R, the number of start vectors.
+      grid: where the density is evaluated: an array of increasing points, or a
+        number of points, or None; the last two span ``[min θ − 5σ, max θ + 5σ]``
+        with spacing at most σ/4 (None: at least 1001 points).
+      sigma: σ, the kernel width; default 1 % of the spread ``max θ − min θ`` of the
+        nodes (of ``max |θ|`` if they all coincide, and 0.01 if they are all 0).
+      distribution: of the start vectors before normalising: ``"rademacher"``
+        (±1, the lower-variance choice) or ``"gaussian"``.
+      batch_size: runs computed together under ``vmap``; memory ``batch_size·(m+1)·n``.
+
+    Returns:
+      A :class:`SpectralDensity` ``(nodes, weights, grid, density, sigma, hvps)``;
+      ``.mass(low, high)`` estimates the fraction of eigenvalues in ``[low, high)``.
+
+    Examples:
+      >>> f = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 1.0, 4.0]) * p**2)  # λ = 1, 1, 4
+      >>> sd = spectral_density(f, jnp.zeros(3), key=jax.random.key(0), runs=4)
+      >>> sd.nodes.shape, sd.weights.sum(axis=1).round(12).tolist()
+      ((4, 3), [1.0, 1.0, 1.0, 1.0])
+      >>> round(sd.mass(high=2.0), 6)   # Rademacher v̂: (v̂ᵀu)² = 1/3 for each λ here
+      0.666667
+
+    References:
+      Ghorbani, Krishnan & Xiao (2019), "An investigation into neural net
+      optimization via Hessian eigenvalue density", ICML; Ubaru, Chen & Saad
+      (2017), "Fast estimation of tr(f(A)) via stochastic Lanczos quadrature",
+      SIAM J. Matrix Anal. Appl. 38(4); Golub & Meurant, *Matrices, Moments and
+      Quadrature with Applications* (2010).
+    """
+    n = _check_params(params)
+    if lanczos_steps is None:
+        lanczos_steps = min(90, n)
+    steps = check_positive_int("lanczos_steps", lanczos_steps)
+    if steps > n:
+        raise ValueError(
+            f"lanczos_steps: expected at most {n}, the number of parameters (the Krylov "
+            f"space cannot grow beyond it), got {steps}."
+        )
+    runs = check_positive_int("runs", runs)
+    grid = _check_grid(grid)
+    if sigma is not None:
+        sigma = _check_positive_float("sigma", sigma)
+    distribution = _check_choice("distribution", distribution, ("rademacher", "gaussian"))
+    batch_size = check_positive_int("batch_size", batch_size)
+    _check_key(key)
+
+    alphas, betas = _slq_lanczos(
+        f,
+        params,
+        jax.random.split(key, runs),
+        steps,
+        min(batch_size, runs),
+        distribution == "gaussian",
+        args,
+    )
+    alphas, betas = np.asarray(alphas, np.float64), np.asarray(betas, np.float64)
+    t = np.zeros((runs, steps, steps))
+    i = np.arange(steps)
+    t[:, i, i] = alphas
+    t[:, i[:-1], i[1:]] = t[:, i[1:], i[:-1]] = betas
+    nodes, vectors = np.linalg.eigh(t)
+    weights = vectors[:, 0, :] ** 2
+
+    low, high = float(nodes.min()), float(nodes.max())
+    if sigma is None:
+        spread = high - low if high > low else max(abs(low), abs(high))
+        sigma = 0.01 * spread if spread > 0 else 0.01
+    if not isinstance(grid, np.ndarray):
+        span = high - low + 10 * sigma
+        points = max(1001, math.ceil(4 * span / sigma) + 1) if grid is None else grid
+        grid = np.linspace(low - 5 * sigma, high + 5 * sigma, points)
+    return SpectralDensity(
+        nodes=nodes,
+        weights=weights,
+        grid=grid,
+        density=_gaussian_mixture(grid, nodes, weights, sigma),
+        sigma=sigma,
+        hvps=runs * steps,
+    )
+
+
 # ---------------------------------------------------------------- Taylor error of a step
 
 
@@ -905,6 +1155,351 @@ class _LayerRestricted:
         full = list(full_params)
         full[self.layer] = layer_params
         return self.f(full, *args)
+
+
+# ---------------------------------------------------------------- per-layer curvature
+
+
+class LayerCurvature(NamedTuple):
+    """What :func:`layer_curvature` returns: numpy arrays with one entry per layer l.
+
+    Attributes:
+      lambda_max: ``λ_max(H_ll)``, the largest eigenvalue of layer l's diagonal block.
+      trace: ``tr H_ll``, exact or Hutchinson's estimate (see ``exact``).
+      trace_stderr: the standard error of ``trace`` (0 where exact).
+      exact: whether ``trace`` was computed exactly, from the block's basis.
+      num_params: ``n_l``, the number of params of layer l (the size of ``H_ll``).
+      hvps: Hessian-vector products spent on layer l (Lanczos and trace together).
+      converged: whether Lanczos met its tolerance for ``lambda_max``.
+    """
+
+    lambda_max: np.ndarray
+    trace: np.ndarray
+    trace_stderr: np.ndarray
+    exact: np.ndarray
+    num_params: np.ndarray
+    hvps: np.ndarray
+    converged: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _exact_trace(f, params, batch_size, args):
+    """``tr H = Σ_i e_iᵀ H e_i`` over the standard basis: n Hessian-vector products."""
+    flat, _ = ravel_pytree(params)
+    n = flat.size
+
+    def diagonal_entry(i):
+        return _flat_hvp(f, params, jax.nn.one_hot(i, n, dtype=flat.dtype), args)[i]
+
+    return jnp.sum(jax.lax.map(diagonal_entry, jnp.arange(n), batch_size=batch_size))
+
+
+def layer_curvature(
+    f: Callable[..., jax.Array],
+    params: Sequence[PyTree],
+    *args: Any,
+    key: jax.Array,
+    trace_method: Literal["auto", "exact", "hutchinson"] = "auto",
+    samples: int = 100,
+    tol: float = 1e-8,
+    max_iters: int | None = None,
+    batch_size: int = 16,
+) -> LayerCurvature:
+    """λ_max and the trace of every layer's diagonal block of the Hessian.
+
+    Order the params layer by layer, ``θ = (θ^1, …, θ^L)`` with ``θ^l = (w^l, b^l)``;
+    the Hessian splits into blocks, and the diagonal block of layer l is the
+    Hessian of C in layer l's params alone, the other layers held fixed:
+
+    .. math::
+
+        H = \\begin{pmatrix} H_{11} & \\cdots & H_{1L} \\\\ \\vdots & \\ddots & \\vdots \\\\
+        H_{L1} & \\cdots & H_{LL} \\end{pmatrix}, \\qquad
+        H_{ll} = \\frac{∂^2 C}{∂(θ^l)^2}, \\qquad
+        \\operatorname{tr} H = \\sum_l \\operatorname{tr} H_{ll}
+
+    ``H_ll v`` is the Hessian-vector product of the cost as a function of θ^l
+    alone, n_l numbers long. ``λ_max(H_ll)`` (by Lanczos, :func:`top_eigenvalues`)
+    is the curvature a step that moves only layer l meets, and ``2/λ_max(H_ll)``
+    the largest stable learning rate for that layer alone; in general
+    ``λ_max(H_ll) ≤ λ_max(H)`` (a Rayleigh quotient over a subspace).
+
+    The trace is computed one of two ways, by ``trace_method``:
+
+    - ``"exact"``: ``tr H_ll = Σ_i e_iᵀ H_ll e_i`` over layer l's n_l basis
+      vectors, n_l products;
+    - ``"hutchinson"``: :func:`trace` with ``samples`` Rademacher vectors, with its
+      standard error;
+    - ``"auto"`` (default): exact for the layers with ``n_l ≤ samples`` (no more
+      products than Hutchinson would take), Hutchinson for the others.
+
+    Args:
+      f: scalar function ``f(params, *args)``.
+      params: θ, a list with one pytree per layer (as ``MLP.init`` makes).
+      *args: further arguments of ``f`` (e.g. ``x, y``).
+      key: PRNG key (Lanczos start vectors and Rademacher vectors, per layer).
+      trace_method: ``"auto"``, ``"exact"`` or ``"hutchinson"``.
+      samples: Hutchinson's number of vectors (≥ 2), also the "auto" threshold.
+      tol, max_iters: for Lanczos, as in :func:`top_eigenvalues`.
+      batch_size: products computed together under ``vmap`` for the trace.
+
+    Returns:
+      A :class:`LayerCurvature` ``(lambda_max, trace, trace_stderr, exact, num_params,
+      hvps, converged)``.
+
+    Examples:
+      >>> from gdjax import MLP, objective
+      >>> model = MLP((2, 3, 1), activation="tanh")
+      >>> f = objective(model, "mse")
+      >>> params = model.init(jax.random.key(0))
+      >>> x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+      >>> lc = layer_curvature(f, params, x, y, key=jax.random.key(1))
+      >>> lc.num_params.tolist(), lc.exact.tolist()   # 9 and 4 params ≤ 100 samples: exact
+      ([9, 4], [True, True])
+
+    References:
+      Yao et al. (2020), "PyHessian: neural networks through the lens of the
+      Hessian" (block-wise analysis); Sankar et al. (2021), "A deeper look at
+      the Hessian eigenspectrum of deep neural networks and its applications
+      to regularization", AAAI.
+    """
+    _check_params(params)
+    if not isinstance(params, list | tuple) or not params:
+        raise ValueError(
+            f"params: expected a non-empty list of per-layer pytrees (as MLP.init makes), "
+            f"got {type(params).__name__}."
+        )
+    trace_method = _check_choice("trace_method", trace_method, ("auto", "exact", "hutchinson"))
+    samples = check_positive_int("samples", samples)
+    if samples < 2:
+        raise ValueError(
+            f"samples: expected at least 2 (a standard error needs two), got {samples}."
+        )
+    tol = _check_positive_float("tol", tol)
+    if max_iters is not None:
+        max_iters = check_positive_int("max_iters", max_iters)
+    batch_size = check_positive_int("batch_size", batch_size)
+    _check_key(key)
+    sizes = [_num_params(p) for p in params]
+    for layer, n_l in enumerate(sizes):
+        if n_l == 0:
+            raise ValueError(f"params[{layer}]: expected at least one parameter, got none.")
+
+    rows = []
+    for layer, (layer_params, n_l) in enumerate(zip(params, sizes, strict=True)):
+        block = _LayerRestricted(f, layer)
+        block_args = (params, *args)
+        eig_key, trace_key = jax.random.split(jax.random.fold_in(key, layer))
+        eig = top_eigenvalues(
+            block,
+            layer_params,
+            1,
+            *block_args,
+            key=eig_key,
+            tol=tol,
+            max_iters=None if max_iters is None else min(max_iters, n_l),
+        )
+        exact = trace_method == "exact" or (trace_method == "auto" and n_l <= samples)
+        if exact:
+            value = float(_exact_trace(block, layer_params, min(batch_size, n_l), block_args))
+            stderr, products = 0.0, n_l
+        else:
+            est = trace(
+                block,
+                layer_params,
+                *block_args,
+                key=trace_key,
+                samples=samples,
+                batch_size=batch_size,
+            )
+            value, stderr, products = est.estimate, est.stderr, samples
+        rows.append(
+            (
+                float(eig.eigenvalues[0]),
+                value,
+                stderr,
+                exact,
+                n_l,
+                eig.hvps + products,
+                eig.converged,
+            )
+        )
+    columns = list(zip(*rows, strict=True))
+    return LayerCurvature(
+        lambda_max=np.asarray(columns[0], np.float64),
+        trace=np.asarray(columns[1], np.float64),
+        trace_stderr=np.asarray(columns[2], np.float64),
+        exact=np.asarray(columns[3], bool),
+        num_params=np.asarray(columns[4], np.int64),
+        hvps=np.asarray(columns[5], np.int64),
+        converged=np.asarray(columns[6], bool),
+    )
+
+
+# ---------------------------------------------------------------- sharpness during training
+
+
+class SharpnessTracker:
+    """A :func:`~gdjax.train.fit` callback that records the sharpness ``λ_max(H)``.
+
+    Made by :func:`track_sharpness`. Each call ``tracker(epoch, params, opt_state,
+    history)`` runs Lanczos (:func:`top_eigenvalues`, k = 1) on the full batch
+    ``(x, y)`` given to :func:`track_sharpness`, started from the previous call's
+    top eigenvector (warm start), and appends one record. ``opt_state`` and
+    ``history`` are ignored, so ``tracker(0, params)`` records the start.
+
+    Attributes (numpy arrays, one entry per call):
+      epochs: the epochs at which sharpness was recorded.
+      sharpness: ``λ_max(H)`` there.
+      hvps: the Hessian-vector products each Lanczos run took.
+      converged: whether each run met the tolerance.
+      eigenvector: the latest top eigenvector (a params-shaped pytree), or None.
+    """
+
+    def __init__(
+        self,
+        f: Callable[..., jax.Array],
+        x: jax.Array,
+        y: jax.Array,
+        *,
+        key: jax.Array,
+        tol: float,
+        max_iters: int | None,
+        warm_start: bool,
+    ):
+        self.f, self.x, self.y = f, x, y
+        self.key, self.tol, self.max_iters, self.warm_start = key, tol, max_iters, warm_start
+        self.eigenvector: PyTree | None = None
+        self._records: list[tuple[int, float, int, bool]] = []
+
+    def __call__(
+        self, epoch: int, params: PyTree, opt_state: Any = None, history: Any = None
+    ) -> float:
+        """Record and return ``λ_max`` at ``params`` (``epoch`` is the record's label)."""
+        del opt_state, history
+        if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or epoch < 0:
+            raise ValueError(f"epoch: expected a non-negative integer, got {epoch!r}.")
+        eig = top_eigenvalues(
+            self.f,
+            params,
+            1,
+            self.x,
+            self.y,
+            key=jax.random.fold_in(self.key, epoch),
+            tol=self.tol,
+            max_iters=self.max_iters,
+            init=self.eigenvector if self.warm_start else None,
+        )
+        self.eigenvector = eig.eigenvectors[0]
+        sharpness = float(eig.eigenvalues[0])
+        self._records.append((int(epoch), sharpness, eig.hvps, eig.converged))
+        return sharpness
+
+    def _column(self, i: int, dtype) -> np.ndarray:
+        return np.asarray([record[i] for record in self._records], dtype)
+
+    @property
+    def epochs(self) -> np.ndarray:
+        """The epochs at which sharpness was recorded."""
+        return self._column(0, np.int64)
+
+    @property
+    def sharpness(self) -> np.ndarray:
+        """``λ_max(H)`` at each recorded epoch."""
+        return self._column(1, np.float64)
+
+    @property
+    def hvps(self) -> np.ndarray:
+        """The Hessian-vector products each measurement took."""
+        return self._column(2, np.int64)
+
+    @property
+    def converged(self) -> np.ndarray:
+        """Whether each measurement met the tolerance."""
+        return self._column(3, bool)
+
+
+def track_sharpness(
+    model: MLP,
+    loss: str | Loss,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    tol: float = 1e-4,
+    max_iters: int | None = None,
+    warm_start: bool = True,
+) -> SharpnessTracker:
+    """A :func:`~gdjax.train.fit` callback recording the sharpness λ_max every k epochs.
+
+    The sharpness is the largest eigenvalue of the Hessian of the full-batch
+    cost, ``λ_max(∇²C(θ_t))`` with ``C(θ) = loss(model(θ, x), y)``. Gradient descent
+    with step η on the quadratic model of C is stable only while
+
+    .. math::
+
+        λ_{max} < 2/η,
+
+    and Cohen et al. (2021) observed that full-batch gradient descent on neural
+    networks drives λ_max up ("progressive sharpening") until it reaches 2/η,
+    then hovers there ("the edge of stability") while the loss keeps falling,
+    non-monotonically. The tracker measures this: use it as
+    ``fit(..., callback=tracker, callback_every=k)``. Each measurement is Lanczos
+    warm-started from the previous top eigenvector, which changes little
+    between measurements, so it usually takes fewer Hessian-vector products
+    than a random start.
+
+    Args:
+      model: the network.
+      loss: a :class:`~gdjax.losses.Loss` or its name.
+      x, y: the batch C is evaluated on: the whole training set for full-batch GD.
+      key: PRNG key (the first start vector, and restarts; folded with the epoch).
+      tol: Lanczos' relative residual tolerance (see :func:`top_eigenvalues`).
+      max_iters: most Lanczos steps per measurement (default ``min(n, 100)``).
+      warm_start: start each Lanczos run from the previous top eigenvector.
+
+    Returns:
+      A :class:`SharpnessTracker`: call it as ``tracker(epoch, params, opt_state,
+      history)``; read ``tracker.epochs``, ``tracker.sharpness``, ``tracker.hvps``.
+
+    Examples:
+      >>> from gdjax import MLP
+      >>> from gdjax.train import fit
+      >>> model = MLP((1, 1), activation="identity")   # C = 1/(2n) Σ (wx + b − y)²
+      >>> x, y = jnp.array([[1.0], [-1.0]]), jnp.array([[0.0], [1.0]])
+      >>> tracker = track_sharpness(model, "mse", x, y, key=jax.random.key(0))
+      >>> _ = fit(model, "mse", "sgd", (x, y), epochs=4, key=jax.random.key(1),
+      ...         learning_rate=0.1, callback=tracker, callback_every=2, progress=False)
+      >>> tracker.epochs.tolist(), tracker.sharpness.round(6).tolist()   # H = I here
+      ([2, 4], [1.0, 1.0])
+
+    References:
+      Cohen, Kaur, Li, Kolter & Talwalkar (2021), "Gradient descent on neural
+      networks typically occurs at the edge of stability", ICLR; Jastrzębski et
+      al. (2020), "The break-even point on optimization trajectories of deep
+      neural networks", ICLR.
+    """
+    if not isinstance(model, MLP):
+        raise ValueError(f"model: expected a gdjax.MLP, got {type(model).__name__}.")
+    loss = losses.get(loss)
+    model.check_input(x)
+    check_num_examples(x, y)
+    loss.check((shape_of(x)[0], model.sizes[-1]), y)
+    tol = _check_positive_float("tol", tol)
+    if max_iters is not None:
+        max_iters = check_positive_int("max_iters", max_iters)
+    if not isinstance(warm_start, bool):
+        raise ValueError(f"warm_start: expected True or False, got {warm_start!r}.")
+    _check_key(key)
+    return SharpnessTracker(
+        objective(model, loss),
+        jax.device_put(x),  # on the device once, not at every product
+        jax.device_put(y),
+        key=key,
+        tol=tol,
+        max_iters=max_iters,
+        warm_start=warm_start,
+    )
 
 
 # ---------------------------------------------------------------- Newton's step
