@@ -185,3 +185,20 @@ def test_taylor_script_measures_the_linear_prediction_error(tmp_path, capsys):
     newton = summary["newton"]
     assert newton["linear_regression_distance"] < 1e-8
     assert newton["mlp_grad_norm_after"] > 1e-3
+
+
+def test_sharpness_script_tracks_lambda_max_up_to_2_over_eta(tmp_path, capsys):
+    sharpness_script = _load_script("sharpness")
+    out = tmp_path / "sharp"
+    argv = ["--etas", "0.2", "--epochs", "200", "--every", "20", "--out", str(out), "--no-progress"]
+    assert sharpness_script.main(argv) == 0
+    summary = json.loads((out / "sharpness.json").read_text())["runs"]["0.2"]
+    height, width, _ = _png_shape(out / "sharpness.png")
+    assert height > 300 and width > 600
+    with np.load(out / "sharpness.npz") as arrays:
+        epochs, sharpness = arrays["eta=0.2/epochs"], arrays["eta=0.2/sharpness"]
+    assert list(epochs) == list(range(0, 201, 20))
+    # progressive sharpening: from below the stability limit 2/η = 10 up to it
+    assert summary["sharpness_start"] < 0.6 * 10 and summary["sharpness_max"] > 0.9 * 10
+    assert sharpness.max() == pytest.approx(summary["sharpness_max"])
+    assert summary["loss_end"] < 0.2 * summary["loss_start"]
