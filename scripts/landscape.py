@@ -51,15 +51,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_loss_and_accuracy(model: MLP, loss: str):
-    """f(params, x, y) → {"loss", "accuracy"?}: what every sweep evaluates."""
-
-    def loss_and_accuracy(params, x, y):
-        return train.evaluate(model, loss, params, x, y)
-
-    return loss_and_accuracy
-
-
 def train_default(out: Path, args) -> tuple[runs.Run, list]:
     """Train (or, on a rerun, reload) the default moons model and its trajectory."""
     run_dir, traj_file = out / "train", out / "trajectory.npz"
@@ -151,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ds = data.from_config(run.config)
     model, params = run.model, run.params
     loss = run.config["loss"]
-    f = make_loss_and_accuracy(model, loss)
+    # loss and accuracy at each point; an MLPLoss lets the sweep precompute the first layer
+    f = landscape.mlp_loss(model, loss, accuracy=True)
     grid = np.linspace(-args.span, args.span, args.resolution)
     summary: dict = {
         "model": runs.model_to_dict(model),
@@ -263,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     c1 = [{"w": jnp.array([[1.0, 0.0]]), "b": jnp.zeros(1)}]
     c2 = [{"w": jnp.array([[0.0, 1.0]]), "b": jnp.zeros(1)}]
     bowl = landscape.sweep_2d(
-        make_loss_and_accuracy(lr_model, "mse"),
+        landscape.mlp_loss(lr_model, "mse"),
         lr_params,
         c1,
         c2,

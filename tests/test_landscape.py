@@ -1,10 +1,12 @@
 """Loss-landscape directions and sweeps: normalisation, exactness, invariance, resume.
 
 Invariance claims tested bit for bit (``np.testing.assert_array_equal``):
-chunk size, device count (4 simulated CPU devices, in a subprocess) and
-interrupt-and-resume. Comparisons with a direct evaluation of ``f`` at a point
-are to float rounding, since the sweep computes ``θ + α d1 + β d2`` inside a
-compiled program where XLA may fuse it differently.
+chunk size, device count (8 simulated CPU devices, in a subprocess) and
+interrupt-and-resume, for the generic path and for the MLP fast path
+(:func:`landscape.mlp_loss`). Comparisons with a direct evaluation of ``f`` at
+a point, and of the fast path with the generic one, are to float rounding,
+since the sweep computes ``θ + α d1 + β d2`` (or ``x wᵀ + α x D1ᵀ + β x D2ᵀ``)
+inside a compiled program where XLA may fuse it differently.
 """
 
 import functools
@@ -24,6 +26,8 @@ from gdjax import MLP, landscape, objective, train
 MODEL = MLP((2, 8, 8, 1), activation="tanh")
 LOSS = objective(MODEL, "mse")  # one f for the module: the sweep compiles once per (f, shapes)
 CLF = functools.partial(train.evaluate, MODEL, "sigmoid_binary_cross_entropy")
+FAST = landscape.mlp_loss(MODEL, "mse")
+FAST_CLF = landscape.mlp_loss(MODEL, "sigmoid_binary_cross_entropy", accuracy=True)
 
 
 def quadratic(params):
@@ -375,8 +379,9 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import numpy as np
 from gdjax import MLP, landscape, objective
-assert len(jax.devices()) == 4, jax.devices()
-loss = objective(MLP((2, 8, 8, 1), activation="tanh"), "mse")
+assert len(jax.devices()) == 8, jax.devices()
+model = MLP((2, 8, 8, 1), activation="tanh")
+loss = objective(model, "mse")
 with np.load(sys.argv[1]) as z:
     a = {k: z[k] for k in z.files}
 params = [{"w": a[f"w{i}"], "b": a[f"b{i}"]} for i in range(3)]
@@ -385,11 +390,12 @@ d2 = [{"w": a[f"d2w{i}"], "b": a[f"d2b{i}"]} for i in range(3)]
 args = (params, d1, d2, a["alphas"], a["betas"], a["x"], a["y"])
 fresh = landscape.sweep_2d(loss, *args, chunk_size=8, vmap_width=2)
 resumed = landscape.sweep_2d(loss, *args, chunk_size=8, vmap_width=2, out=sys.argv[2])
-np.savez(sys.argv[3], fresh=fresh, resumed=resumed)
+fast = landscape.sweep_2d(landscape.mlp_loss(model, "mse"), *args, chunk_size=8, vmap_width=2)
+np.savez(sys.argv[3], fresh=fresh, resumed=resumed, fast=fast)
 """
 
 
-def test_four_devices_give_the_single_device_result_bit_for_bit(setup32, tmp_path):
+def test_eight_devices_give_the_single_device_result_bit_for_bit(setup32, tmp_path):
     params, d1, d2, x, y = setup32
     alphas, betas = np.linspace(-1, 1, 7), np.linspace(-1, 1, 6)
     problem, out, result = tmp_path / "problem.npz", tmp_path / "sweep", tmp_path / "result.npz"
@@ -401,16 +407,19 @@ def test_four_devices_give_the_single_device_result_bit_for_bit(setup32, tmp_pat
     e2 = [{"w": a[f"d2w{i}"], "b": a[f"d2b{i}"]} for i in range(3)]
     args = (p, e1, e2, alphas, betas, a["x"], a["y"])
     single = landscape.sweep_2d(LOSS, *args, chunk_size=2, vmap_width=2)
-    # start on 1 device, finish on 4
+    single_fast = landscape.sweep_2d(FAST, *args, chunk_size=2, vmap_width=2)
+    # start on 1 device, finish on 8
     landscape.sweep_2d(LOSS, *args, chunk_size=2, vmap_width=2, out=out, max_chunks=3)
 
-    proc = _run(DEVICES_SCRIPT, problem, out, result, devices=4)
+    proc = _run(DEVICES_SCRIPT, problem, out, result, devices=8)
     assert proc.returncode == 0, proc.stderr
     with np.load(result) as r:
         np.testing.assert_array_equal(r["fresh"], single)
         np.testing.assert_array_equal(r["resumed"], single)
+        np.testing.assert_array_equal(r["fast"], single_fast)
     meta = json.loads((out / landscape.META_FILE).read_text())
-    assert [(c["devices"], c["points_computed"]) for c in meta["calls"]] == [(1, 6), (4, 36)]
+    assert [(c["devices"], c["points_computed"]) for c in meta["calls"]] == [(1, 6), (8, 36)]
+    assert [c["chunk_size"] for c in meta["calls"]] == [2, 16]  # 8 rounded up to 8 × 2
 
 
 def test_progress_bar_counts_points(setup32, capsys):
@@ -418,6 +427,99 @@ def test_progress_bar_counts_points(setup32, capsys):
     landscape.sweep_1d(LOSS, params, d1, np.linspace(-1, 1, 5), x, y, vmap_width=2, progress=True)
     err = capsys.readouterr().err
     assert "sweep 1d" in err and "5/5" in err
+
+
+# ---------------------------------------------------------------- Hessian directions
+
+
+def test_sweep_along_the_top_hessian_eigenvector_has_curvature_lambda_max(setup):
+    params, _, _, x, y, _ = setup
+    hd = landscape.hessian_directions(LOSS, params, x, y, k=2, key=jax.random.key(3))
+    assert hd.converged and hd.eigenvalues.shape == (2,)
+    assert hd.eigenvalues[0] >= hd.eigenvalues[1]
+    basis = np.stack([flat(v) for v in hd.directions])
+    np.testing.assert_allclose(basis @ basis.T, np.eye(2), atol=1e-10)
+    assert all(b[np.argmax(np.abs(b))] > 0 for b in basis)  # sign convention
+    # f(θ + α v) = f(θ) + α g·v + ½ λ α² + O(α³): the second difference is λ + O(h²)
+    h = 1e-3
+    for v, lam in zip(hd.directions, hd.eigenvalues, strict=True):
+        g = landscape.sweep_1d(LOSS, params, v, [-h, 0.0, h], x, y, vmap_width=2)
+        np.testing.assert_allclose((g[0] - 2 * g[1] + g[2]) / h**2, lam, rtol=1e-5)
+    # and the whole 1-D sweep near 0 is that parabola
+    alphas = np.linspace(-0.01, 0.01, 9)
+    v, lam = hd.directions[0], hd.eigenvalues[0]
+    g = landscape.sweep_1d(LOSS, params, v, alphas, x, y, vmap_width=2)
+    slope = flat(jax.grad(LOSS)(params, x, y)) @ flat(v)
+    parabola = g[4] + slope * alphas + 0.5 * lam * alphas**2
+    np.testing.assert_allclose(g, parabola, rtol=0, atol=1e-6 * abs(lam))
+
+
+# ---------------------------------------------------------------- the MLP fast path
+
+
+@pytest.mark.parametrize(("precision", "rtol"), [("float64", 1e-12), ("float32", 2e-6)])
+def test_mlp_fast_path_equals_the_generic_sweep_to_rounding(setup, setup32, precision, rtol):
+    if precision == "float64":
+        params, d1, d2, x, y, _ = setup
+    else:
+        params, d1, d2, x, y = setup32
+    alphas, betas = np.linspace(-1, 1, 6), np.linspace(-0.5, 0.5, 5)
+    generic = landscape.sweep_2d(LOSS, params, d1, d2, alphas, betas, x, y, vmap_width=2)
+    fast = landscape.sweep_2d(FAST, params, d1, d2, alphas, betas, x, y, vmap_width=2)
+    assert fast.dtype == generic.dtype == np.dtype(precision)
+    np.testing.assert_allclose(fast, generic, rtol=rtol)
+    along = landscape.sweep_1d(FAST, params, d1, alphas, x, y, vmap_width=2)
+    np.testing.assert_allclose(along, landscape.sweep_1d(LOSS, params, d1, alphas, x, y), rtol=rtol)
+    np.testing.assert_allclose(FAST(params, x, y), LOSS(params, x, y), rtol=rtol)
+
+
+def test_mlp_fast_path_reports_loss_and_accuracy_like_evaluate(setup):
+    params, d1, d2, x, _, labels = setup
+    alphas, betas = np.linspace(-1, 1, 5), np.linspace(-1, 1, 4)
+    generic = landscape.sweep_2d(CLF, params, d1, d2, alphas, betas, x, labels, vmap_width=2)
+    fast = landscape.sweep_2d(FAST_CLF, params, d1, d2, alphas, betas, x, labels, vmap_width=2)
+    assert set(fast) == {"loss", "accuracy"}
+    np.testing.assert_allclose(fast["loss"], generic["loss"], rtol=1e-12)
+    # a prediction exactly at the decision boundary could flip with rounding: one example
+    np.testing.assert_allclose(fast["accuracy"], generic["accuracy"], atol=1 / len(x))
+
+
+def test_mlp_fast_path_is_bitwise_invariant_to_chunk_size(setup32, compilations):
+    params, d1, d2, x, y = setup32
+    alphas, betas = np.linspace(-1, 1, 7), np.linspace(-1, 1, 5)
+    results = [
+        landscape.sweep_2d(FAST, params, d1, d2, alphas, betas, x, y, chunk_size=c, vmap_width=2)
+        for c in (2, 6, 36)
+    ]
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    before = compilations.count
+    landscape.sweep_2d(FAST, params, d1, d2, alphas - 0.5, betas, x, y, chunk_size=6, vmap_width=2)
+    assert compilations.count == before
+
+
+def test_fast_and_generic_sweeps_do_not_share_a_directory(setup32, tmp_path):
+    params, d1, d2, x, y = setup32
+    alphas, betas = np.linspace(-1, 1, 4), np.linspace(-1, 1, 3)
+    kw = dict(vmap_width=2, out=tmp_path)
+    landscape.sweep_2d(FAST, params, d1, d2, alphas, betas, x, y, max_chunks=1, **kw)
+    with pytest.raises(ValueError, match=r"differs in: f\b"):
+        landscape.sweep_2d(LOSS, params, d1, d2, alphas, betas, x, y, **kw)
+    other = landscape.mlp_loss(MLP((2, 8, 8, 1), activation="sigmoid"), "mse")
+    with pytest.raises(ValueError, match=r"differs in: f\b"):
+        landscape.sweep_2d(other, params, d1, d2, alphas, betas, x, y, **kw)
+
+
+def test_mlp_loss_input_errors(setup32):
+    params, d1, d2, x, y = setup32
+    with pytest.raises(ValueError, match="model: expected a gdjax.MLP"):
+        landscape.mlp_loss(LOSS, "mse")
+    with pytest.raises(ValueError, match="loss: expected one of"):
+        landscape.mlp_loss(MODEL, "hinge")
+    with pytest.raises(ValueError, match=r"expected the two arguments x, y after the grid, got 1"):
+        landscape.sweep_1d(FAST, params, d1, [0.0, 1.0], x)
+    with pytest.raises(ValueError, match=r"x: expected shape \(batch, 2\)"):
+        landscape.sweep_1d(FAST, params, d1, [0.0, 1.0], x[:, :1], y)
 
 
 # ---------------------------------------------------------------- bad input

@@ -19,6 +19,9 @@ Directions are pytrees shaped like the params (``[{"w": (n_l, n_{l-1}),
   solutions (Goodfellow, Vinyals & Saxe 2015);
 - :func:`pca_directions`: the top principal directions of a training
   trajectory, with the trajectory projected onto them (Li et al. 2018, §7).
+- :func:`hessian_directions`: the top eigenvectors of the Hessian of ``f``
+  at θ (Lanczos, :func:`gdjax.curvature.top_eigenvalues`), with their
+  eigenvalues: the most curved directions.
 
 How a sweep is evaluated. The grid points (α_i, β_j), in row-major order, are
 cut into *chunks* of ``chunk_size`` points; the last chunk is padded (with
@@ -39,14 +42,42 @@ determines the values) atomically after every chunk, and ``sweep.json``
 computed). Called again with the same arguments it computes only the points
 not yet done; called with a different sweep it refuses with a ValueError
 naming what differs. The function ``f`` itself cannot be hashed: only its
-``__qualname__``, its output names and dtypes are compared, so use one
-directory per function.
+``__qualname__`` (for an :class:`MLPLoss`, its repr: model, loss, accuracy),
+its output names and dtypes are compared, so use one directory per function.
 
-Multi-host: after ``jax.distributed.initialize()`` every process calls the
-sweep with the same arguments; ``jax.devices()`` then spans all hosts, the
-mesh covers them, the results are all-gathered to every process, and only
-process 0 writes ``out``, which must then be on a file system every process
-reads. (Written for, not tested on, several hosts.)
+The MLP fast path. When ``f`` is an :class:`MLPLoss` (from :func:`mlp_loss`)
+the sweep knows that the first layer is linear in its params along the plane,
+``x (w^1 + α D_1 + β D_2)ᵀ = x w^1ᵀ + α x D_1ᵀ + β x D_2ᵀ``: it computes the
+three products once per call (one jitted program, before the first chunk)
+and every point then runs layers 2 … L only, through the same chunk/block
+machinery. The values equal the generic path's to float rounding (a few ulps;
+the tests use rtol 1e-12 in float64 and 2e-6 in float32), not bit for bit; the
+fast path itself is bit-for-bit invariant to chunk size and device count (as
+tested), and its resume directories are not interchangeable with those of a
+generic ``f`` (the config's ``f`` differs).
+
+Multi-host (``jax.distributed``; written for, not tested on, several hosts):
+
+1. every process calls ``jax.distributed.initialize(...)`` (coordinator
+   address, number of processes, process id; on managed clusters the
+   arguments can come from the environment), so that ``jax.devices()`` lists
+   the devices of all hosts;
+2. every process then calls the same sweep with the *same* arguments (params,
+   directions, data and grid: e.g. loaded from the same files). The mesh spans
+   all devices; the grid, params, directions and data are placed from each
+   process's own host copy; each chunk is split over all devices, so each
+   process evaluates its devices' share of the points; the values are
+   all-gathered (``multihost_utils.process_allgather``), so every process
+   returns the full arrays. With :class:`MLPLoss` each process computes the
+   first-layer products itself;
+3. only process 0 writes ``out``. Every process reads ``out`` at the start to
+   find the points not yet done, so ``out`` must be on a file system that all
+   processes see.
+
+For example, on each host::
+
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    values = sweep_2d(f, params, d1, d2, alphas, betas, x, y, out="/shared/plane")
 
 References:
   Li, Xu, Taylor, Studer & Goldstein (2018), "Visualizing the Loss Landscape
@@ -56,6 +87,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -73,8 +105,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gdjax import curvature, losses
 from gdjax._checks import check_positive_int
+from gdjax.backprop import check_batch
+from gdjax.losses import Loss
+from gdjax.mlp import MLP
 from gdjax.runs import atomic_write_bytes, atomic_write_json
+from gdjax.train import accuracy as _accuracy
 
 __all__ = [
     "NORMS",
@@ -85,6 +122,10 @@ __all__ = [
     "interpolation_direction",
     "PCADirections",
     "pca_directions",
+    "HessianDirections",
+    "hessian_directions",
+    "MLPLoss",
+    "mlp_loss",
     "sweep_1d",
     "sweep_2d",
     "default_vmap_width",
@@ -107,7 +148,10 @@ META_FILE = "sweep.json"
 
 MAX_VMAP_WIDTH = 16
 CHUNK_BLOCKS = 8  # default chunk: this many blocks of vmap_width points per device
-CPU_MEMORY_BUDGET = 1 << 30  # bytes per device when the backend reports no memory stats
+# Bytes per device when the backend reports no memory stats (CPU). Not a memory limit but a
+# speed one: on a 2-core CPU, [784, 512, 512, 10] on 2048 examples ran 1.2-1.8x faster in
+# blocks of 2-4 points than of 16 (benchmarks/run.py, sweeps), which this budget gives.
+CPU_MEMORY_BUDGET = 1 << 28
 
 
 # ---------------------------------------------------------------- checks
@@ -539,11 +583,197 @@ def pca_directions(trajectory: Sequence[PyTree], k: int = 2) -> PCADirections:
     return PCADirections(directions, rel @ vt.T, ratio)
 
 
+class HessianDirections(NamedTuple):
+    """What :func:`hessian_directions` returns.
+
+    Attributes:
+      directions: k params-shaped pytrees ``v_i`` of unit norm (flattened),
+        ``H v_i ≈ λ_i v_i``, each with its largest-magnitude entry positive.
+      eigenvalues: ``(k,)`` numpy array ``λ_1 ≥ … ≥ λ_k``.
+      converged: whether every pair met the tolerance of
+        :func:`gdjax.curvature.top_eigenvalues`.
+      hvps: the number of Hessian-vector products it took.
+    """
+
+    directions: list[PyTree]
+    eigenvalues: np.ndarray
+    converged: bool
+    hvps: int
+
+
+def hessian_directions(
+    f: Callable[..., jax.Array],
+    params: PyTree,
+    *args: Any,
+    k: int = 2,
+    key: jax.Array,
+    **lanczos_kw: Any,
+) -> HessianDirections:
+    """The top-k eigenvectors of the Hessian ``H = ∇²f(θ)`` as sweep directions.
+
+    .. math::
+
+        H v_i = λ_i v_i,\\quad \\lVert v_i \\rVert = 1,\\quad λ_1 ≥ … ≥ λ_k
+
+    found with Hessian-vector products only, by
+    :func:`gdjax.curvature.top_eigenvalues` (Lanczos by default). Along
+    ``v_1`` the landscape is the most curved: ``f(θ + α v_1) = f(θ) + α ∇f·v_1
+    + ½ λ_1 α² + O(α³)``, so a 1-D sweep is locally a parabola of curvature
+    λ_1. The directions are left at unit Euclidean norm (filter normalisation
+    would make them stop being eigenvectors); each has its sign fixed so that
+    its largest-magnitude entry is positive.
+
+    Args:
+      f: scalar function ``f(params, *args)``, e.g. ``gdjax.objective(model, loss)``.
+      params: θ.
+      *args: further arguments of ``f`` (e.g. ``x, y``).
+      k: how many directions (default 2: a plane for :func:`sweep_2d`).
+      key: PRNG key of the Lanczos start vector.
+      **lanczos_kw: passed on to :func:`gdjax.curvature.top_eigenvalues`
+        (``method``, ``which``, ``max_iters``, ``tol``, ``init``).
+
+    Returns:
+      A :class:`HessianDirections` ``(directions, eigenvalues, converged, hvps)``.
+
+    Examples:
+      >>> f = lambda p: 0.5 * (3.0 * p[0] ** 2 + 2.0 * p[1] ** 2 + p[2] ** 2)
+      >>> hd = hessian_directions(f, jnp.zeros(3), k=2, key=jax.random.key(0))
+      >>> hd.eigenvalues.round(6).tolist(), abs(hd.directions[0]).round(6).tolist()
+      ([3.0, 2.0], [1.0, 0.0, 0.0])
+
+    References:
+      Li et al. (2018), "Visualizing the Loss Landscape of Neural Nets", §6
+      (curvature); Yao et al. (2020), "PyHessian".
+    """
+    eig = curvature.top_eigenvalues(f, params, k, *args, key=key, **lanczos_kw)
+    directions = []
+    for v in eig.eigenvectors:
+        flat = _flat(v)
+        sign = jnp.where(flat[jnp.argmax(jnp.abs(flat))] < 0, -1, 1)
+        directions.append(jax.tree.map(lambda x, s=sign: x * s.astype(x.dtype), v))
+    return HessianDirections(
+        directions, np.asarray(eig.eigenvalues), bool(eig.converged), int(eig.hvps)
+    )
+
+
+# ---------------------------------------------------------------- the MLP fast path
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPLoss:
+    """The cost of an MLP as a sweepable function, ``f(params, x, y)``, with known structure.
+
+    Called, it is ``C(a^L(x; params), y)`` (with ``accuracy=True``:
+    ``{"loss": C, "accuracy": …}`` as :func:`gdjax.train.evaluate`). Passed to
+    :func:`sweep_1d` / :func:`sweep_2d`, it lets the sweep use that the
+    first layer's pre-activation is linear in the params along the plane:
+
+    .. math::
+
+        z^1(α, β) = x (w^1 + α D_1 + β D_2)^T + b^1(α, β)
+                  = x (w^1)^T + α\\, x D_1^T + β\\, x D_2^T + b^1(α, β)
+
+    The three products ``x (w^1)ᵀ, x D_1ᵀ, x D_2ᵀ`` are computed once per
+    sweep; each point then costs three scaled additions for layer 1 instead
+    of an ``(examples × n_0 × n_1)`` product, and the layers after the first
+    as before. Build it with :func:`mlp_loss`.
+    """
+
+    model: MLP
+    loss: Loss
+    accuracy: bool = False
+
+    def __call__(self, params, x, y):
+        check_batch(self.model, self.loss, params, x, y)
+        return self.head(self.model.apply(params, x), y)
+
+    def head(self, pred: jax.Array, y: jax.Array):
+        """C (and the accuracy, when asked and the loss classifies) of the output ``pred``."""
+        value = self.loss.fn(pred, y)
+        if not self.accuracy:
+            return value
+        acc = _accuracy(self.loss, pred, y)
+        return {"loss": value} if acc is None else {"loss": value, "accuracy": acc}
+
+
+def mlp_loss(model: MLP, loss: str | Loss, *, accuracy: bool = False) -> MLPLoss:
+    """``f(params, x, y)``: the cost of ``model`` under ``loss``, which sweeps evaluate faster.
+
+    Equal (to float rounding) to ``gdjax.objective(model, loss)``, or with
+    ``accuracy=True`` to ``functools.partial(gdjax.train.evaluate, model,
+    loss)``; see :class:`MLPLoss` for what a sweep does with it. ``x`` must be
+    the first argument after the params.
+
+    Examples:
+      >>> from gdjax import MLP
+      >>> model = MLP((2, 3, 1), activation="tanh")
+      >>> f = mlp_loss(model, "mse")
+      >>> params = model.init(jax.random.key(0))
+      >>> float(f(params, jnp.zeros((4, 2)), jnp.ones((4, 1)))) >= 0
+      True
+    """
+    if not isinstance(model, MLP):
+        raise ValueError(f"model: expected a gdjax.MLP, got {type(model).__name__}.")
+    return MLPLoss(model, losses.get(loss), bool(accuracy))
+
+
+@dataclasses.dataclass(frozen=True)
+class _MLPAfterFirstProduct:
+    """An :class:`MLPLoss` with ``x (w^1)ᵀ`` and ``x D_iᵀ`` given: ``g(params', products, y)``.
+
+    ``params' = {"c": c, "b": b^1, "rest": [layer 2, …]}`` where the leaf ``c``
+    is 0 in θ' and the unit vector e_i in direction i', so that a sweep's
+    ``θ' + Σ_i c_i d_i'`` carries the point's coefficients c in ``c``.
+    """
+
+    f: MLPLoss
+
+    def __call__(self, params, products, y):
+        c = params["c"]
+        z = products[0]
+        for i in range(c.shape[0]):
+            z = z + c[i] * products[i + 1]
+        z = z + params["b"]
+        model = self.f.model
+        a = model.activation_of(0).fn(z)
+        for layer, p in enumerate(params["rest"], start=1):
+            a = model.activation_of(layer).fn(a @ p["w"].T + p["b"])
+        return self.f.head(a, y)
+
+
+@jax.jit
+def _first_products(x, w, dws):
+    """``[x wᵀ, x D_1ᵀ, …]`` stacked: ``(1 + k, examples, n_1)``, from one product."""
+    x = jnp.asarray(x, w.dtype)
+    n1 = w.shape[0]
+    out = x @ jnp.concatenate([w, *dws]).T
+    return jnp.moveaxis(jnp.reshape(out, (x.shape[0], 1 + len(dws), n1)), 1, 0)
+
+
+def _reduce_mlp(f: MLPLoss, params, dirs, args):
+    """The sweep of ``f`` as one of :class:`_MLPAfterFirstProduct`: same values, to rounding."""
+    x, y = args
+    k = len(dirs)
+    dtype = _coeff_dtype(params)
+    products = _first_products(x, params[0]["w"], [d[0]["w"] for d in dirs])
+
+    def reduced(tree, c):
+        return {"c": c, "b": tree[0]["b"], "rest": list(tree[1:])}
+
+    eye = np.eye(k, dtype=dtype)
+    return (
+        _MLPAfterFirstProduct(f),
+        reduced(params, np.zeros(k, dtype)),
+        [reduced(d, eye[i]) for i, d in enumerate(dirs)],
+        (products, y),
+    )
+
+
 # ---------------------------------------------------------------- sweeps
 
 
 def _memory_budget(device) -> int:
-    """Bytes a sweep may use per device: a quarter of what is free, or 1 GiB."""
+    """Bytes a sweep may use per device: a quarter of what is free, or 256 MiB on CPU."""
     try:
         stats = device.memory_stats()
     except Exception:  # noqa: BLE001 - backends without memory stats
@@ -573,22 +803,29 @@ def default_vmap_width(f: Callable, params: PyTree, *args, num_directions: int =
     """The default number of points evaluated together under ``vmap`` on one device.
 
     The memory of one point is estimated from the jaxpr of
-    ``f(θ + α d1 + β d2, *args)``: the sum of the sizes of all the values it
+    ``f(θ + α d1 + β d2, *args)`` (for an :class:`MLPLoss`, of what the fast
+    path evaluates per point): the sum of the sizes of all the values it
     defines (an upper bound, since most die early). The width is the largest
     power of two ``≤ 16`` whose points fit in a quarter of the free memory of
-    the first device (1 GiB where the backend reports no memory, as on CPU).
-    Tracing only; nothing is compiled.
+    the first device (256 MiB where the backend reports no memory, as on CPU:
+    smaller blocks ran faster there, see :data:`CPU_MEMORY_BUDGET`).
+    Tracing only; nothing is compiled (for an :class:`MLPLoss`, the first-layer
+    products are computed once).
 
     Examples:
       >>> default_vmap_width(lambda p: jnp.sum(p[0] ** 2), [jnp.ones(3)])
       16
     """
 
+    dirs = [params] * num_directions
+    if isinstance(f, MLPLoss):  # what a sweep evaluates per point: layers 2 … L
+        f, params, dirs, args = _reduce_mlp(f, params, dirs, args)
+
     def point(c, params, dirs, args):
         return f(_displace(params, dirs, c), *args)
 
     coeff = jnp.zeros((num_directions,), _coeff_dtype(params))
-    jaxpr = jax.make_jaxpr(point)(coeff, params, [params] * num_directions, args).jaxpr
+    jaxpr = jax.make_jaxpr(point)(coeff, params, dirs, args).jaxpr
     params_bytes = sum(
         np.size(x) * np.dtype(jnp.result_type(x)).itemsize for x in jax.tree.leaves(params)
     )
@@ -711,6 +948,11 @@ def _sweep(
         max_chunks = check_positive_int("max_chunks", max_chunks)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback: expected a function, got {type(callback).__name__}.")
+    if isinstance(f, MLPLoss) and len(args) != 2:
+        raise ValueError(
+            f"args: an MLPLoss is called as f(params, x, y), so the sweep expected the two "
+            f"arguments x, y after the grid, got {len(args)}."
+        )
     spec = _output_spec(f, params, args)
     names = list(spec) if isinstance(spec, dict) else [None]
     dtypes = spec if isinstance(spec, dict) else {None: spec}
@@ -724,7 +966,7 @@ def _sweep(
         "params": _hash(params),
         "directions": _hash(dirs),
         "args": _hash(list(args)),
-        "f": getattr(f, "__qualname__", type(f).__name__),
+        "f": repr(f) if isinstance(f, MLPLoss) else getattr(f, "__qualname__", type(f).__name__),
         "outputs": {str(k): np.dtype(v).name for k, v in dtypes.items()},
         "vmap_width": vmap_width,
     }
@@ -746,6 +988,8 @@ def _sweep(
                 f"{out_dir / GRID_FILE} to start over."
             )
         calls = _read_calls(out_dir)
+    if isinstance(f, MLPLoss):  # the same sweep, with x w^1ᵀ and x D_iᵀ computed once
+        f, params, dirs, args = _reduce_mlp(f, params, dirs, args)
     if config["vmap_width"] is None:
         config["vmap_width"] = default_vmap_width(f, params, *args, num_directions=len(dirs))
     width = int(config["vmap_width"])
