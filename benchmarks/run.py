@@ -478,6 +478,89 @@ def training(ctx: Context) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------- section: fit end to end
+
+
+def fit_end_to_end(ctx: Context) -> list[Row]:
+    """fit as a user calls it (no callback), against a bare jitted step, interleaved.
+
+    ``fit`` caches its compiled epoch, so after a warm-up call a fit of E epochs
+    is pure training: permutation, gather, divergence guard and host
+    bookkeeping, with epoch e+1 dispatched before epoch e's results are read.
+    A round times ``fit(E_long) − fit(E_short)`` (the difference removes the
+    fixed per-call cost: checks, init, the last synchronisation) and a bare
+    jitted adam step over the same number of epochs of fixed pre-sliced batches
+    in a tight Python loop; the ratio is taken round by round.
+    """
+    ds = gdjax.data.digits()
+    model = MLP(SIZES, activation="relu")
+    n = ds.num_train
+    short, long_ = (2, 6) if ctx.quick else (10, 40)
+    kw = dict(
+        batch_size=BATCH, key=jax.random.key(0), learning_rate=LR, progress=False, eval_every=0
+    )
+    tx = gdjax.train.make_optimizer("adam", learning_rate=LR)
+    objective = gdjax.objective(model, LOSS)
+
+    def bare(params, opt_state, bx, by):
+        value, grads = jax.value_and_grad(objective)(params, bx, by)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    bare = jax.jit(bare, donate_argnums=(0, 1))
+    batches = [(ds.x[i : i + BATCH], ds.y[i : i + BATCH]) for i in range(0, n, BATCH)]
+
+    def bare_epochs(epochs: int) -> float:
+        params = model.init(jax.random.key(0))
+        opt_state = tx.init(params)
+
+        def run():
+            nonlocal params, opt_state
+            for _ in range(epochs):
+                for bx, by in batches:
+                    params, opt_state, _ = bare(params, opt_state, bx, by)
+            jax.block_until_ready(params)
+
+        return timed(run)
+
+    def fit_epochs(epochs: int) -> float:
+        return timed(
+            lambda: jax.block_until_ready(
+                gdjax.train.fit(model, LOSS, "adam", ds, epochs=epochs, **kw).params
+            )
+        )
+
+    fit_epochs(1), bare_epochs(1)  # compile both
+    steps = (long_ - short) * len(batches)
+    fit_ms, bare_ms, ratios = [], [], []
+    for _ in range(max(3, ctx.repeats)):
+        f = fit_epochs(long_) - fit_epochs(short)
+        b = bare_epochs(long_ - short)
+        fit_ms.append(1e3 * f / steps)
+        bare_ms.append(1e3 * b / steps)
+        ratios.append(f / b)
+    note = f"fit(E={long_}) − fit(E={short}), compiled epoch cached, no callback"
+    return [
+        Row("fit", "fit(hand), end to end", median(fit_ms), "ms/step", note, fit_ms),
+        Row(
+            "fit",
+            "bare step, pre-sliced",
+            median(bare_ms),
+            "ms/step",
+            "jit(value_and_grad) + adam, donated, fixed batches, tight loop",
+            bare_ms,
+        ),
+        Row(
+            "fit",
+            "fit / bare step",
+            median(ratios),
+            "ratio",
+            "round by round; target <= 1.10 (issue 3)",
+            ratios,
+        ),
+    ]
+
+
 # ---------------------------------------------------------------- section: sweeps
 
 # (name, sizes, activation, loss, examples, grid in full mode, grid in quick mode)
@@ -626,6 +709,7 @@ def sweeps(ctx: Context) -> list[Row]:
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "roofline": roofline,
     "training": training,
+    "fit": fit_end_to_end,
     "sweeps": sweeps,
 }
 
