@@ -230,7 +230,8 @@ def test_make_step_does_not_recompile_and_donates(compilations, key):
     assert old[0]["w"].is_deleted()  # donated buffers are reused, not copied
 
 
-def test_a_diverging_learning_rate_stops_with_a_clear_message(key):
+@pytest.mark.parametrize("eval_every", [1, 0], ids=["one epoch per call", "blocks of epochs"])
+def test_a_diverging_learning_rate_stops_with_a_clear_message(key, eval_every):
     ds = data.linear_regression(key, n=100, d=5)
     model = MLP((5, 1), output_activation="identity")
     with pytest.warns(train.DivergedWarning, match=r"diverged at epoch \d+, step 1 of 1") as w:
@@ -242,6 +243,7 @@ def test_a_diverging_learning_rate_stops_with_a_clear_message(key):
             epochs=200,
             key=key,
             learning_rate=1e3,
+            eval_every=eval_every,
             progress=False,
         )
     message = str(w[0].message)
@@ -415,3 +417,39 @@ def test_pipelined_evaluation_reads_each_epochs_own_params(key):
         short = run(epochs)
         assert full.history["train_loss"][epochs - 1] == short.history["train_loss"][-1]
         assert full.history["train_accuracy"][epochs - 1] == short.history["train_accuracy"][-1]
+
+
+@pytest.mark.parametrize(
+    ("epochs", "intervals", "block"),
+    [(100, [], 32), (5, [], 5), (100, [10], 10), (100, [3, 2], 1), (100, [50], 25), (9, [64], 32)],
+)
+def test_epochs_per_call_ends_blocks_on_every_host_event(epochs, intervals, block):
+    assert train._epochs_per_call(epochs, intervals) == block
+
+
+def test_blocks_of_epochs_give_the_per_epoch_result(key):
+    """Epochs scanned inside one call train exactly as one call per epoch does."""
+    model, x, y = _small_problem(key, n=24)
+    params = model.init(key, dtype=jnp.float64)
+
+    def run(eval_every):
+        return train.fit(
+            model,
+            "softmax_cross_entropy",
+            "adam",
+            (x, y),
+            epochs=7,
+            batch_size=5,
+            key=key,
+            params=params,
+            learning_rate=0.05,
+            progress=False,
+            eval_every=eval_every,
+        )
+
+    blocked, per_epoch = run(0), run(1)  # blocks of 7 epochs vs seven 1-epoch calls
+    chex.assert_trees_all_close(blocked.params, per_epoch.params, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        blocked.history["step_loss"], per_epoch.history["step_loss"], rtol=1e-12
+    )
+    np.testing.assert_array_equal(blocked.history["epoch"], np.arange(1, 8))

@@ -289,13 +289,8 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-@functools.lru_cache(maxsize=32)
-def _make_epoch(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule):
-    """The jitted epoch: permute, scan over full batches, one ragged step, finiteness guard.
-
-    Cached on its (hashable, static) arguments, so a second ``fit`` with the same
-    model, loss, optimizer and batch schedule reuses the compiled epoch.
-    """
+def _epoch_body(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule):
+    """One epoch: permute, scan over full batches, one ragged step, finiteness guard."""
     grad_fn = _grad_fn(model, loss, grad)
 
     def guarded_step(carry, idx, x, y):
@@ -319,7 +314,58 @@ def _make_epoch(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule)
         params, opt_state, diverged_at, _ = carry
         return params, opt_state, values, diverged_at
 
-    return jax.jit(epoch, donate_argnums=(0, 1))
+    return epoch
+
+
+@functools.lru_cache(maxsize=32)
+def _make_epoch(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule):
+    """One jitted epoch (see :func:`_epoch_body`), cached on its static arguments."""
+    return jax.jit(_epoch_body(model, loss, tx, grad, schedule), donate_argnums=(0, 1))
+
+
+@functools.lru_cache(maxsize=32)
+def _make_epochs(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule, count: int):
+    """``count`` epochs in one jitted call: a ``lax.scan`` over epochs e, e+1, ….
+
+    Epoch e shuffles with ``fold_in(shuffle_key, e)``, as a single-epoch call
+    would. Cached on its (hashable, static) arguments, so a second ``fit`` with
+    the same model, loss, optimizer and batch schedule reuses the compiled code.
+    """
+    epoch = _epoch_body(model, loss, tx, grad, schedule)
+
+    def run(params, opt_state, x, y, shuffle_key, first_epoch, diverged_at):
+        def body(carry, e):
+            params, opt_state, diverged_at = carry
+            key = jax.random.fold_in(shuffle_key, e)
+            params, opt_state, values, diverged_at = epoch(
+                params, opt_state, x, y, key, (e - 1) * schedule.steps, diverged_at
+            )
+            return (params, opt_state, diverged_at), values
+
+        epochs = first_epoch + jnp.arange(count, dtype=jnp.int32)
+        (params, opt_state, diverged_at), values = jax.lax.scan(
+            body, (params, opt_state, diverged_at), epochs
+        )
+        return params, opt_state, values, diverged_at
+
+    return jax.jit(run, donate_argnums=(0, 1))
+
+
+MAX_EPOCHS_PER_CALL = 32
+
+
+def _epochs_per_call(epochs: int, intervals: list[int]) -> int:
+    """The most epochs one jitted call may run: no host event may fall inside it.
+
+    Host events (evaluation, diagnostics, callbacks) happen at multiples of
+    their intervals, so a block size that divides every interval ends exactly
+    on them: the largest divisor of their gcd up to :data:`MAX_EPOCHS_PER_CALL`.
+    With no events, blocks of :data:`MAX_EPOCHS_PER_CALL` (the last one shorter).
+    """
+    if not intervals:
+        return min(epochs, MAX_EPOCHS_PER_CALL)
+    g = math.gcd(*intervals)
+    return next(d for d in range(min(g, MAX_EPOCHS_PER_CALL), 0, -1) if g % d == 0)
 
 
 def fit(
@@ -411,7 +457,10 @@ def fit(
     params = jax.tree.map(jnp.array, params)
     opt_state = tx.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
 
-    epoch_fn = _make_epoch(model, loss, tx, grad, schedule)
+    intervals = [i for i in (eval_every, diagnostics_every) if i]
+    if callback is not None:
+        intervals.append(callback_every)
+    block = _epochs_per_call(epochs, intervals)
     report_fn = jax.jit(diagnostics.gradient_report, static_argnums=(0, 1))
     history: dict[str, list] = {"epoch": [], "loss": [], "step_loss": []}
     records: dict[str, list] = {}
@@ -426,7 +475,9 @@ def fit(
         first = (epoch - 1) * schedule.steps
         if 0 <= diverged_at < first:
             return True  # diverged in an earlier epoch; this one applied no step
-        if diverged_at >= 0:  # steps after it were not applied: drop their losses
+        # A divergence in a later epoch of the same block leaves this one whole.
+        diverged_here = first <= diverged_at < first + schedule.steps
+        if diverged_here:  # steps after it were not applied: drop their losses
             values = values[: diverged_at - first + 1]
         weights = np.full(values.size, schedule.size, np.float64)
         if schedule.rest and values.size == schedule.steps:
@@ -434,7 +485,7 @@ def fit(
         history["epoch"].append(epoch)
         history["step_loss"].append(values)
         history["loss"].append(float(np.average(values, weights=weights)))
-        if diverged_at >= 0:
+        if diverged_here:
             diverged = _divergence_message(
                 epoch,
                 diverged_at,
@@ -455,50 +506,56 @@ def fit(
         bar.update(1)
         return False
 
-    # Epoch e+1 is dispatched before epoch e's results are read, so the host's
-    # bookkeeping overlaps the device's work. The divergence flag travels from
-    # epoch to epoch on the device: an epoch launched after a divergence applies
-    # no step, and its params are the last finite ones.
+    def finish_block(first, count, values, diverged_at, evals) -> bool:
+        values = np.asarray(values)
+        for i in range(count):
+            if finish(first + i, values[i], diverged_at, evals if i == count - 1 else None):
+                return True
+        return False
+
+    # Epochs run in blocks of up to `block` per jitted call (a scan over epochs),
+    # ending on every epoch where the host has work (evaluation, diagnostics, a
+    # callback). Block b+1 is dispatched before block b's results are read, so
+    # the host's bookkeeping overlaps the device's work. The divergence flag
+    # travels on the device: steps after a divergence are not applied, and the
+    # params stay the last finite ones.
     diverged_at = jnp.asarray(-1, jnp.int32)
     pending = None
+    epoch = 1
     try:
-        for epoch in range(1, epochs + 1):
-            first_step = jnp.asarray((epoch - 1) * schedule.steps, jnp.int32)
-            params, opt_state, values, diverged_at = epoch_fn(
-                params,
-                opt_state,
-                x,
-                y,
-                jax.random.fold_in(shuffle_key, epoch),
-                first_step,
-                diverged_at,
-            )
+        while epoch <= epochs:
+            count = min(block, epochs - epoch + 1)
+            last = epoch + count - 1
+            params, opt_state, values, diverged_at = _make_epochs(
+                model, loss, tx, grad, schedule, count
+            )(params, opt_state, x, y, shuffle_key, jnp.asarray(epoch, jnp.int32), diverged_at)
             evals = None
-            if eval_every and epoch % eval_every == 0:  # dispatched now, read later
+            if eval_every and last % eval_every == 0:  # dispatched now, read later
                 evals = {}
                 for prefix, (xs, ys) in (("train", (x, y)), ("test", (x_test, y_test))):
                     if xs is not None:
                         for name, value in _evaluate(model, loss, params, xs, ys).items():
                             evals[f"{prefix}_{name}"] = value
-            if pending is not None and finish(*pending):
+            if pending is not None and finish_block(*pending):
                 pending = None
                 break
-            pending = (epoch, values, diverged_at, evals)
-            host_work = (diagnostics_every and epoch % diagnostics_every == 0) or (
-                callback is not None and epoch % callback_every == 0
+            pending = (epoch, count, values, diverged_at, evals)
+            epoch = last + 1
+            host_work = (diagnostics_every and last % diagnostics_every == 0) or (
+                callback is not None and last % callback_every == 0
             )
             if host_work:
-                done, pending = finish(*pending), None
+                done, pending = finish_block(*pending), None
                 if done:
                     break
-            if diagnostics_every and epoch % diagnostics_every == 0:
-                _record(records, "diagnostics_epoch", epoch)
+            if diagnostics_every and last % diagnostics_every == 0:
+                _record(records, "diagnostics_epoch", last)
                 for name, value in report_fn(model, loss, params, x, y).items():
                     _record(records, f"diagnostics/{name}", np.asarray(value))
-            if callback is not None and epoch % callback_every == 0:
-                callback(epoch, params, opt_state, _as_arrays(history, records))
+            if callback is not None and last % callback_every == 0:
+                callback(last, params, opt_state, _as_arrays(history, records))
         if pending is not None:
-            finish(*pending)
+            finish_block(*pending)
     finally:
         bar.close()
     return FitResult(params, opt_state, _as_arrays(history, records), diverged)
