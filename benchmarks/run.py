@@ -530,7 +530,7 @@ def fit_end_to_end(ctx: Context) -> list[Row]:
             )
         )
 
-    fit_epochs(1), bare_epochs(1)  # compile both
+    fit_epochs(short), fit_epochs(long_), bare_epochs(1)  # compile every block size
     steps = (long_ - short) * len(batches)
     fit_ms, bare_ms, ratios = [], [], []
     for _ in range(max(3, ctx.repeats)):
