@@ -409,6 +409,9 @@ def fit(
         ``optimizer.init(params)``.
       grad: ``"hand"`` (gdjax.backprop) or ``"auto"`` (jax.value_and_grad).
       eval_every: evaluate train/test loss and accuracy every k epochs (0: never).
+        Between host events (evaluation, diagnostics, callbacks) up to
+        :data:`MAX_EPOCHS_PER_CALL` epochs run in one jitted call, so
+        ``eval_every=0`` (or a large k) gives the fastest loop.
       diagnostics_every: record per-layer norms (:mod:`gdjax.diagnostics`) on the
         training set every k epochs (0: never).
       callback: ``callback(epoch, params, opt_state, history)`` every ``callback_every``
