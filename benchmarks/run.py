@@ -40,6 +40,7 @@ import re
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -706,10 +707,202 @@ def sweeps(ctx: Context) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------- section: curvature
+
+CURVATURE_TOL = 1e-3  # relative tolerance for λ_max, every method
+
+
+def _curvature_problem(ctx: Context):
+    """Glorot relu MLP, random normal x, random integer labels, softmax cross-entropy."""
+    sizes, examples = ((64, 128, 128, 10), 256) if ctx.quick else ((784, 512, 512, 10), 2048)
+    model = MLP(sizes, activation="relu")
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = model.init(keys[0])
+    x = jax.random.normal(keys[1], (examples, sizes[0]), jnp.float32)
+    y = jax.random.randint(keys[2], (examples,), 0, sizes[-1])
+    leaves, treedef = jax.tree.flatten(params)
+    v_keys = jax.random.split(keys[3], len(leaves))
+    v = jax.tree.unflatten(
+        treedef,
+        [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(v_keys, leaves, strict=True)],
+    )
+    return model, params, x, y, v
+
+
+def _pyhessian_lambda_max(params, x, y) -> dict[str, Any]:
+    """PyHessian's power iteration on a torch copy of the network: λ, HVPs, seconds.
+
+    ``hessian(...)`` does the forward pass and the ``create_graph`` backward pass
+    (timed with the rest); ``eigenvalues`` calls ``hessian_vector_product`` (imported
+    by name into ``pyhessian.hessian``) once per iteration, which is where HVPs are
+    counted. It stops when the Rayleigh quotient changes by < tol relative.
+    """
+    import torch  # noqa: PLC0415 (optional dependency)
+    from pyhessian import hessian  # noqa: PLC0415
+
+    module = sys.modules["pyhessian.hessian"]
+    layers: list[Any] = []
+    for i, p in enumerate(params):
+        w = np.asarray(p["w"])
+        linear = torch.nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(w.copy()))
+            linear.bias.copy_(torch.from_numpy(np.asarray(p["b"]).copy()))
+        layers.append(linear)
+        if i < len(params) - 1:
+            layers.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*layers)
+    inputs = torch.from_numpy(np.asarray(x).copy())
+    targets = torch.from_numpy(np.asarray(y).astype(np.int64))
+    criterion = torch.nn.CrossEntropyLoss()
+    original = module.hessian_vector_product
+    count = 0
+
+    def counted(*a, **kw):
+        nonlocal count
+        count += 1
+        return original(*a, **kw)
+
+    module.hessian_vector_product = counted
+    try:
+        torch.manual_seed(0)
+        with warnings.catch_warnings():  # its backward(create_graph=True) warns every call
+            warnings.simplefilter("ignore", UserWarning)
+            start = time.perf_counter()
+            h = hessian(net, criterion, data=(inputs, targets), cuda=False)
+            values, _ = h.eigenvalues(top_n=1, maxIter=100, tol=CURVATURE_TOL)
+            seconds = time.perf_counter() - start
+        for param in net.parameters():
+            param.grad = None  # break the parameter <-> graph cycle that backward left
+    finally:
+        module.hessian_vector_product = original
+    return {"lambda": float(values[0]), "hvps": count, "s": seconds}
+
+
+def curvature(ctx: Context) -> list[Row]:
+    """One HVP against one gradient, and λ_max by Lanczos, power iteration and PyHessian.
+
+    The problem: ``MLP([784, 512, 512, 10], relu)`` (``[64, 128, 128, 10]`` with
+    ``--quick``), glorot init, float32, 2048 (256) random normal examples with random
+    integer labels, softmax cross-entropy. HVP and gradient are each one jitted call,
+    timed interleaved (alternating which goes first); the ratio is the median of
+    paired ratios. λ_max to ``tol = 1e-3``: gdjax's first call (trace + compile +
+    run) and then steady calls, with its HVP count; PyHessian (if ``torch`` and
+    ``pyhessian`` import) on a torch copy of the same weights and data.
+    """
+    model, params, x, y, v = _curvature_problem(ctx)
+    f = gdjax.objective(model, LOSS)
+    n_params = sum(p.size for p in jax.tree.leaves(params))
+    info = {
+        "sizes": model.sizes,
+        "activation": "relu",
+        "examples": int(x.shape[0]),
+        "num_params": int(n_params),
+        "loss": LOSS,
+        "tol": CURVATURE_TOL,
+    }
+    rows: list[Row] = []
+
+    # (1) one HVP vs one gradient.
+    grad = jax.jit(jax.grad(f))
+    hvp = jax.jit(gdjax.curvature.hvp, static_argnums=0)
+    jax.block_until_ready((grad(params, x, y), hvp(f, params, v, x, y)))
+    pairs = max(7, 2 * ctx.repeats + 1)
+    g_ms, h_ms = [], []
+    for i in range(pairs):
+        calls = [("g", lambda: grad(params, x, y)), ("h", lambda: hvp(f, params, v, x, y))]
+        for name, call in calls if i % 2 == 0 else calls[::-1]:
+            (g_ms if name == "g" else h_ms).append(1e3 * timed(call))
+    ratio = paired_ratio(h_ms, g_ms)
+    note = "jit(jax.grad(objective))(params, x, y), interleaved with the HVP"
+    rows.append(Row("curvature", "gradient", median(g_ms), "ms", note, g_ms, info))
+    note = "jit(gdjax.curvature.hvp) (jvp of grad), interleaved with the gradient"
+    rows.append(Row("curvature", "hvp", median(h_ms), "ms", note, h_ms))
+    note = "median of paired per-sample ratios; target <= 2.0"
+    rows.append(Row("curvature", "hvp / gradient", median(ratio), "ratio", note, ratio))
+
+    # (2) λ_max by gdjax: Lanczos and power iteration.
+    key = jax.random.key(1)
+    steady_repeats = 1 if ctx.quick else max(1, min(3, ctx.repeats))
+    results = {}
+    for method in ("lanczos", "power"):
+
+        def run(method=method):
+            return gdjax.curvature.top_eigenvalues(
+                f, params, 1, x, y, key=key, method=method, tol=CURVATURE_TOL
+            )
+
+        start = time.perf_counter()
+        eig = run()
+        first = time.perf_counter() - start
+        steady = []
+        for _ in range(steady_repeats):
+            start = time.perf_counter()
+            eig = run()
+            steady.append(time.perf_counter() - start)
+        lam = float(eig.eigenvalues[0])
+        results[method] = lam
+        extra = {"lambda_max": lam, "hvps": eig.hvps, "converged": bool(eig.converged)}
+        conv = "" if eig.converged else "; NOT converged"
+        criterion = "Ritz residual" if method == "lanczos" else "||Hv - lv||"
+        note = f"lambda_max = {lam:.6g}, {eig.hvps} HVPs, {criterion} <= tol*|l|{conv}"
+        rows.append(Row("curvature", f"{method}: lambda_max", median(steady), "s", note, steady,
+                        extra))  # fmt: skip
+        note = "first call: trace + compile + run (one sample)"
+        rows.append(Row("curvature", f"{method}: first call", first, "s", note, [first]))
+        rows.append(Row("curvature", f"{method}: HVPs", float(eig.hvps), "HVPs", "to tol=1e-3"))
+        per = [1e3 * t / eig.hvps for t in steady]
+        note = "steady time / HVPs (including the method's own vector work)"
+        rows.append(Row("curvature", f"{method}: per HVP", median(per), "ms", note, per))
+    rel = abs(results["power"] - results["lanczos"]) / abs(results["lanczos"])
+    note = "|lambda_power - lambda_lanczos| / |lambda_lanczos|"
+    rows.append(Row("curvature", "power vs lanczos lambda", rel, "rel. diff", note))
+
+    # (3) PyHessian, if installed.
+    try:
+        import pyhessian  # noqa: F401, PLC0415
+        import torch  # noqa: PLC0415
+    except ImportError as exc:
+        note = f"skipped: {exc} (pip install torch pyhessian)"
+        rows.append(Row("curvature", "pyhessian", None, "-", note))
+        return rows
+    runs = [_pyhessian_lambda_max(params, x, y) for _ in range(1 + steady_repeats)]
+    times = [r["s"] for r in runs[1:]]
+    last = runs[-1]
+    extra = {
+        "lambda_max": [r["lambda"] for r in runs],
+        "hvps": [r["hvps"] for r in runs],
+        "first_call_s": runs[0]["s"],
+        "torch": torch.__version__,
+        "pyhessian": _version("pyhessian"),
+        "torch_threads": torch.get_num_threads(),
+    }
+    note = (
+        f"lambda_max = {last['lambda']:.6g}, {last['hvps']} HVPs, forward+backward+power "
+        "iteration, stop on |dl| < tol*|l|; first run dropped"
+    )
+    rows.append(Row("curvature", "pyhessian: lambda_max", median(times), "s", note, times, extra))
+    hvps = [float(r["hvps"]) for r in runs[1:]]
+    note = "hessian_vector_product calls (one per iteration)"
+    rows.append(Row("curvature", "pyhessian: HVPs", median(hvps), "HVPs", note, hvps))
+    per = [1e3 * r["s"] / r["hvps"] for r in runs[1:]]
+    note = "whole call / HVPs (includes the one create_graph backward)"
+    rows.append(Row("curvature", "pyhessian: per HVP", median(per), "ms", note, per))
+    rel = [abs(r["lambda"] - results["lanczos"]) / abs(results["lanczos"]) for r in runs]
+    note = "|lambda_pyhessian - lambda_lanczos| / |lambda_lanczos|, every run; expect <~1e-2"
+    rows.append(Row("curvature", "pyhessian vs lanczos lambda", max(rel), "rel. diff", note, rel))
+    lanczos_s = next(r.value for r in rows if r.case == "lanczos: lambda_max")
+    note = "pyhessian steady time / gdjax lanczos steady time (not interleaved)"
+    rows.append(Row("curvature", "pyhessian / lanczos time", median(times) / lanczos_s, "ratio",
+                    note))  # fmt: skip
+    return rows
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "roofline": roofline,
     "training": training,
     "fit": fit_end_to_end,
+    "curvature": curvature,
     "sweeps": sweeps,
 }
 
