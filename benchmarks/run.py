@@ -279,14 +279,14 @@ def training(ctx: Context) -> list[Row]:
 
     # fit's own jitted epoch (private API: perm + gather + guard on the loss and the new
     # params), called as fit calls it, without fit's host work around it.
-    fit_epoch = gdjax.train._make_epoch(
-        model, gdjax.losses.get(LOSS), tx, "hand", gdjax.train._Schedule(BATCH, full, rest)
+    fit_epoch = gdjax.train._make_epochs(
+        model, gdjax.losses.get(LOSS), tx, "hand", gdjax.train._Schedule(BATCH, full, rest), 1
     )
-    first_step = jnp.asarray(0, jnp.int32)
+    first_epoch = jnp.asarray(1, jnp.int32)
     not_diverged = jnp.asarray(-1, jnp.int32)
 
     def fit_epoch_direct(params, opt_state, data, key):
-        return fit_epoch(params, opt_state, *data, key, first_step, not_diverged)
+        return fit_epoch(params, opt_state, *data, key, first_epoch, not_diverged)
 
     step_hand = make_step(model, LOSS, tx, grad="hand")
     others = {
@@ -387,7 +387,7 @@ def training(ctx: Context) -> list[Row]:
         "scan, perm+gather": "+ new permutation each epoch (as fit), no guard",
         "scan, perm+gather, guard(loss)": "+ where(isfinite(loss), new, old) on params+state",
         "scan, perm+gather, guard(loss,grads)": "+ where(loss and all grads finite, new, old)",
-        "fit epoch fn": "gdjax.train._make_epoch called directly: guard on loss + NEW params",
+        "fit epoch fn": "train._make_epochs(..., 1) called directly: guard on loss + NEW params",
         "fit(hand)": "fit(grad='hand'), epochs 2..1+E: callback return to next callback",
         "fit(auto)": "fit(grad='auto'), as above",
     }

@@ -318,12 +318,6 @@ def _epoch_body(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule)
 
 
 @functools.lru_cache(maxsize=32)
-def _make_epoch(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule):
-    """One jitted epoch (see :func:`_epoch_body`), cached on its static arguments."""
-    return jax.jit(_epoch_body(model, loss, tx, grad, schedule), donate_argnums=(0, 1))
-
-
-@functools.lru_cache(maxsize=32)
 def _make_epochs(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule, count: int):
     """``count`` epochs in one jitted call: a ``lax.scan`` over epochs e, e+1, ….
 
