@@ -104,6 +104,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
 
 from gdjax import curvature, losses
 from gdjax._checks import check_positive_int
@@ -1030,7 +1031,14 @@ def _sweep(
         by_point = NamedSharding(mesh, P("points"))
         dtype = np.dtype(_coeff_dtype(params))
         dev_params, dev_dirs, dev_args = _put((params, dirs, args), replicated)
-    bar = _progress_bar(n_points, int(done.sum()), progress, kind)
+    bar = tqdm(
+        total=n_points,
+        initial=int(done.sum()),
+        desc=f"sweep {kind}",
+        unit="pt",
+        dynamic_ncols=True,
+        disable=not progress,
+    )
     start = time.perf_counter()
     try:
         for idx in chunks:
@@ -1054,22 +1062,6 @@ def _sweep(
 
     result = {name: values[name].reshape(shape) for name in names}
     return result[None] if names == [None] else result
-
-
-def _progress_bar(total: int, initial: int, enabled: bool, kind: str):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"sweep {kind}", unit="pt", dynamic_ncols=True)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _value_key(name: str | None) -> str:

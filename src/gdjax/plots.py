@@ -53,30 +53,12 @@ def training_curves(history: Mapping[str, np.ndarray], *, title: str | None = No
                 x = (np.arange(step_loss.size) + 1) / steps_per_epoch
                 ax.plot(x, step_loss, color="0.75", lw=0.6, label="batch C (each step)")
             ax.plot(epochs, history["loss"], color="C0", lw=1.5, label="C (epoch mean)")
-            for name, color in (("train_loss", "C2"), ("test_loss", "C3")):
-                if name in history:
-                    ax.plot(
-                        history["eval_epoch"],
-                        history[name],
-                        "o-",
-                        ms=2.5,
-                        color=color,
-                        label=name.replace("_", " "),
-                    )
+            _plot_evaluations(ax, history, "loss")
             if np.all(np.asarray(history["loss"]) > 0):
                 ax.set_yscale("log")
             ax.set_ylabel("cost C")
         elif panel == "accuracy":
-            for name, color in (("train_accuracy", "C2"), ("test_accuracy", "C3")):
-                if name in history:
-                    ax.plot(
-                        history["eval_epoch"],
-                        history[name],
-                        "o-",
-                        ms=2.5,
-                        color=color,
-                        label=name.replace("_", " "),
-                    )
+            _plot_evaluations(ax, history, "accuracy")
             ax.set_ylim(0, 1.02)
             ax.set_ylabel("accuracy")
         else:
@@ -97,6 +79,21 @@ def training_curves(history: Mapping[str, np.ndarray], *, title: str | None = No
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def _plot_evaluations(ax, history: Mapping[str, np.ndarray], metric: str) -> None:
+    """Train (green) and test (red) ``metric`` at the evaluation epochs, where recorded."""
+    for split, color in (("train", "C2"), ("test", "C3")):
+        name = f"{split}_{metric}"
+        if name in history:
+            ax.plot(
+                history["eval_epoch"],
+                history[name],
+                "o-",
+                ms=2.5,
+                color=color,
+                label=f"{split} {metric}",
+            )
 
 
 def _values(values, name: str = "loss") -> np.ndarray:

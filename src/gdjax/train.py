@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from gdjax import diagnostics, losses
 from gdjax._checks import check_num_examples, check_positive_int, shape_of
@@ -462,7 +463,7 @@ def fit(
     history: dict[str, list] = {"epoch": [], "loss": [], "step_loss": []}
     records: dict[str, list] = {}
     diverged = None
-    bar = _progress_bar(epochs, progress)
+    bar = tqdm(total=epochs, desc="epochs", unit="epoch", dynamic_ncols=True, disable=not progress)
     start = time.perf_counter()
 
     def finish(epoch, values, diverged_at, evals) -> bool:
@@ -588,25 +589,6 @@ def _as_arrays(history: dict[str, list], records: dict[str, list]) -> dict[str, 
     }
     out.update({name: np.asarray(values) for name, values in records.items()})
     return out
-
-
-class _NoBar:
-    def set_postfix(self, **kwargs) -> None:
-        pass
-
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(epochs: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=epochs, desc="epochs", unit="epoch", dynamic_ncols=True)
 
 
 def steps_per_epoch(n: int, batch_size: int | None) -> int:
