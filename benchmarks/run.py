@@ -729,18 +729,10 @@ def _curvature_problem(ctx: Context):
     return model, params, x, y, v
 
 
-def _pyhessian_lambda_max(params, x, y) -> dict[str, Any]:
-    """PyHessian's power iteration on a torch copy of the network: λ, HVPs, seconds.
-
-    ``hessian(...)`` does the forward pass and the ``create_graph`` backward pass
-    (timed with the rest); ``eigenvalues`` calls ``hessian_vector_product`` (imported
-    by name into ``pyhessian.hessian``) once per iteration, which is where HVPs are
-    counted. It stops when the Rayleigh quotient changes by < tol relative.
-    """
+def _torch_copy(params, x, y):
+    """A torch ``Sequential`` of ``Linear``/``ReLU`` with gdjax's weights; inputs, labels, loss."""
     import torch  # noqa: PLC0415 (optional dependency)
-    from pyhessian import hessian  # noqa: PLC0415
 
-    module = sys.modules["pyhessian.hessian"]
     layers: list[Any] = []
     for i, p in enumerate(params):
         w = np.asarray(p["w"])
@@ -754,7 +746,22 @@ def _pyhessian_lambda_max(params, x, y) -> dict[str, Any]:
     net = torch.nn.Sequential(*layers)
     inputs = torch.from_numpy(np.asarray(x).copy())
     targets = torch.from_numpy(np.asarray(y).astype(np.int64))
-    criterion = torch.nn.CrossEntropyLoss()
+    return net, inputs, targets, torch.nn.CrossEntropyLoss()
+
+
+def _pyhessian_lambda_max(params, x, y) -> dict[str, Any]:
+    """PyHessian's power iteration on a torch copy of the network: λ, HVPs, seconds.
+
+    ``hessian(...)`` does the forward pass and the ``create_graph`` backward pass
+    (timed with the rest); ``eigenvalues`` calls ``hessian_vector_product`` (imported
+    by name into ``pyhessian.hessian``) once per iteration, which is where HVPs are
+    counted. It stops when the Rayleigh quotient changes by < tol relative.
+    """
+    import torch  # noqa: PLC0415 (optional dependency)
+    from pyhessian import hessian  # noqa: PLC0415
+
+    module = sys.modules["pyhessian.hessian"]
+    net, inputs, targets, criterion = _torch_copy(params, x, y)
     original = module.hessian_vector_product
     count = 0
 
@@ -777,6 +784,48 @@ def _pyhessian_lambda_max(params, x, y) -> dict[str, Any]:
     finally:
         module.hessian_vector_product = original
     return {"lambda": float(values[0]), "hvps": count, "s": seconds}
+
+
+def _pyhessian_rayleigh_sequence(params, x, y, iterations: int) -> list[float]:
+    """PyHessian's estimate after each of ``iterations`` power steps (tol=0, so none stops early).
+
+    Its iteration i computes ``Hv`` and the Rayleigh quotient ``vᵀHv`` (its λ after i
+    HVPs); the wrapper records that quotient as PyHessian does.
+    """
+    import torch  # noqa: PLC0415 (optional dependency)
+    from pyhessian import hessian  # noqa: PLC0415
+
+    module = sys.modules["pyhessian.hessian"]
+    net, inputs, targets, criterion = _torch_copy(params, x, y)
+    original = module.hessian_vector_product
+    quotients: list[float] = []
+
+    def recorded(grads, params, v):
+        hv = original(grads, params, v)
+        quotients.append(float(sum((a * b).sum() for a, b in zip(hv, v, strict=True))))
+        return hv
+
+    module.hessian_vector_product = recorded
+    try:
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            h = hessian(net, criterion, data=(inputs, targets), cuda=False)
+            h.eigenvalues(top_n=1, maxIter=iterations, tol=0.0)
+        for param in net.parameters():
+            param.grad = None
+    finally:
+        module.hessian_vector_product = original
+    return quotients
+
+
+def _hvps_to(values: Sequence[float], reference: float, rel: float) -> int | None:
+    """The first m (1-based) from which every ``values[m-1:]`` is within ``rel`` of reference."""
+    ok = [abs(v - reference) <= rel * abs(reference) for v in values]
+    for m in range(1, len(ok) + 1):
+        if all(ok[m - 1 :]):
+            return m
+    return None
 
 
 def curvature(ctx: Context) -> list[Row]:
@@ -895,6 +944,48 @@ def curvature(ctx: Context) -> list[Row]:
     note = "pyhessian steady time / gdjax lanczos steady time (not interleaved)"
     rows.append(Row("curvature", "pyhessian / lanczos time", median(times) / lanczos_s, "ratio",
                     note))  # fmt: skip
+    rows.extend(_matched_accuracy(f, params, x, y, key))
+    return rows
+
+
+def _matched_accuracy(f, params, x, y, key) -> list[Row]:
+    """HVPs until λ_max is within CURVATURE_TOL of a tight reference, for Lanczos and PyHessian.
+
+    The two stopping rules differ (Lanczos: a residual bound; PyHessian: the change of
+    its estimate), so their HVP counts at ``tol`` are not a like-for-like comparison.
+    Here both are run past convergence and scored against one reference λ*
+    (Lanczos to tol 1e-6): the count is the first m after which the estimate stays
+    within ``CURVATURE_TOL·|λ*|``. Lanczos' estimate after m steps is its top Ritz
+    value (a run with ``max_iters=m``); PyHessian's is its Rayleigh quotient vᵀHv.
+    """
+    reference = float(
+        gdjax.curvature.top_eigenvalues(f, params, 1, x, y, key=key, tol=1e-6).eigenvalues[0]
+    )
+    steps = 16
+    lanczos = [
+        float(
+            gdjax.curvature.top_eigenvalues(
+                f, params, 1, x, y, key=key, max_iters=m, tol=1e-30
+            ).eigenvalues[0]
+        )
+        for m in range(1, steps + 1)
+    ]
+    rows = []
+    info = {"reference_lambda": reference, "lanczos_estimates": lanczos}
+    m_lanczos = _hvps_to(lanczos, reference, CURVATURE_TOL)
+    note = f"first m after which |ritz_m - l*| <= 1e-3 |l*| (l* = {reference:.6g}, tol 1e-6)"
+    rows.append(Row("curvature", "matched 1e-3: lanczos HVPs", m_lanczos, "HVPs", note, [], info))
+    quotients = _pyhessian_rayleigh_sequence(params, x, y, 3 * steps)
+    m_pyhessian = _hvps_to(quotients, reference, CURVATURE_TOL)
+    note = "same, for PyHessian's power-iteration estimate v'Hv (its own random start)"
+    extra = {"pyhessian_estimates": quotients}
+    rows.append(
+        Row("curvature", "matched 1e-3: pyhessian HVPs", m_pyhessian, "HVPs", note, [], extra)
+    )
+    if m_lanczos and m_pyhessian:
+        note = "pyhessian HVPs / lanczos HVPs at matched accuracy; target > 1"
+        ratio = m_pyhessian / m_lanczos
+        rows.append(Row("curvature", "matched 1e-3: pyhessian / lanczos", ratio, "ratio", note))
     return rows
 
 

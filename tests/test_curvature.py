@@ -199,6 +199,32 @@ def test_lanczos_largest_magnitude(eig_problem):
     assert_close(eig.eigenvalues, want, rtol=1e-6)
 
 
+def test_lanczos_smallest_finds_the_negative_curvature(eig_problem):
+    f, params, args, _, eigenvalues = eig_problem
+    assert eigenvalues[0] < 0  # a tanh net away from a minimum: some negative curvature
+    eig = curvature.top_eigenvalues(f, params, 3, *args, key=jax.random.key(3), which="smallest")
+    assert eig.converged
+    assert_close(eig.eigenvalues, eigenvalues[:3], rtol=1e-6)
+    for lam, v in zip(eig.eigenvalues, eig.eigenvectors, strict=True):
+        u = flat(v)
+        residual = np.linalg.norm(flat(curvature.hvp(f, params, v, *args)) - lam * u)
+        assert residual <= 1e-6 * np.abs(eigenvalues).max()
+
+
+@pytest.mark.parametrize("max_iters", [7, 8, 9, 17])
+def test_lanczos_basis_padding_does_not_change_the_result(eig_problem, max_iters):
+    """The basis buffer is padded to whole blocks of rows; the projection reads filled rows only."""
+    f, params, args, h, eigenvalues = eig_problem
+    eig = curvature.top_eigenvalues(
+        f, params, 1, *args, key=jax.random.key(4), max_iters=max_iters, tol=1e-30
+    )
+    assert eig.hvps == max_iters and not eig.converged
+    q = np.stack([flat(v) for v in eig.eigenvectors])
+    # The Ritz value is the Rayleigh quotient of its Ritz vector: qᵀHq, to rounding.
+    assert_close(eig.eigenvalues[0], float(q[0] @ h @ q[0]), rtol=1e-10)
+    assert eig.eigenvalues[0] <= eigenvalues[-1] * (1 + 1e-12)
+
+
 def test_power_iteration_finds_lambda_max_with_more_products(eig_problem):
     f, params, args, _, eigenvalues = eig_problem
     lam_max = eigenvalues[np.argmax(np.abs(eigenvalues))]

@@ -280,7 +280,8 @@ class Eigen(NamedTuple):
 
     Attributes:
       eigenvalues: ``(k,)`` numpy array, ordered by ``which`` (descending value for
-        ``"largest"``, descending ``|λ|`` for ``"magnitude"``).
+        ``"largest"``, ascending for ``"smallest"``, descending ``|λ|`` for
+        ``"magnitude"``).
       eigenvectors: list of k params-shaped pytrees ``v_i`` of unit norm,
         ``H v_i ≈ λ_i v_i``.
       hvps: the number of Hessian-vector products computed (Lanczos: the
@@ -297,19 +298,50 @@ class Eigen(NamedTuple):
     residuals: np.ndarray
 
 
+_BLOCK = 8  # rows of the Lanczos basis read per product in the reorthogonalisation
+
+
+def _basis_rows(max_iters: int) -> int:
+    """Rows of the Lanczos basis buffer: q_0 … q_{max_iters}, padded to a multiple of _BLOCK."""
+    return -(-(max_iters + 1) // _BLOCK) * _BLOCK
+
+
+def _project_out(q_mat: jax.Array, count: jax.Array, w: jax.Array) -> jax.Array:
+    """``w − Σ_{i<count} q_i (q_iᵀ w)``: classical Gram–Schmidt against the first ``count`` rows.
+
+    Reads only the blocks of ``_BLOCK`` rows that hold a basis vector, so a step
+    costs O(count·n) and not O(max_iters·n) however large the preallocated buffer
+    (the rows past ``count`` are zero, so a partly filled last block is harmless).
+    """
+    blocks = (count + _BLOCK - 1) // _BLOCK
+
+    def block(b):
+        return jax.lax.dynamic_slice_in_dim(q_mat, b * _BLOCK, _BLOCK)
+
+    def project(b, h):
+        return jax.lax.dynamic_update_slice_in_dim(h, block(b) @ w, b * _BLOCK, 0)
+
+    h = jax.lax.fori_loop(0, blocks, project, jnp.zeros(q_mat.shape[0], w.dtype))
+
+    def subtract(b, r):
+        return r - block(b).T @ jax.lax.dynamic_slice_in_dim(h, b * _BLOCK, _BLOCK)
+
+    return jax.lax.fori_loop(0, blocks, subtract, w)
+
+
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _lanczos_step(f, params, q_mat, j, beta_prev, args):
     """One Lanczos step with full reorthogonalisation; rows of ``q_mat`` are q_0, q_1, …
 
-    Rows after ``j`` are zero, so projecting on all rows projects on q_0 … q_j.
+    Rows after ``j`` are zero; the projection reads rows q_0 … q_j only.
     """
     q = q_mat[j]
     w = _flat_hvp(f, params, q, args) - beta_prev * q_mat[jnp.maximum(j - 1, 0)]
     alpha = jnp.vdot(q, w)
     w = w - alpha * q
     # Classical Gram–Schmidt against every earlier vector, twice ("twice is enough").
-    w = w - q_mat.T @ (q_mat @ w)
-    w = w - q_mat.T @ (q_mat @ w)
+    w = _project_out(q_mat, j + 1, w)
+    w = _project_out(q_mat, j + 1, w)
     beta = jnp.linalg.norm(w)
     safe = jnp.where(beta > 0, beta, 1)
     q_mat = q_mat.at[j + 1].set(jnp.where(beta > 0, w / safe, 0))
@@ -318,9 +350,9 @@ def _lanczos_step(f, params, q_mat, j, beta_prev, args):
 
 @functools.partial(jax.jit, donate_argnums=0)
 def _set_orthonormal(q_mat, j, r):
-    """Row ``j`` of ``q_mat`` ← ``r`` orthogonalised against every row and normalised."""
-    r = r - q_mat.T @ (q_mat @ r)
-    r = r - q_mat.T @ (q_mat @ r)
+    """Row ``j`` of ``q_mat`` ← ``r`` orthogonalised against rows 0 … j−1 and normalised."""
+    r = _project_out(q_mat, j, r)
+    r = _project_out(q_mat, j, r)
     return q_mat.at[j].set(r / jnp.linalg.norm(r)), jnp.linalg.norm(r)
 
 
@@ -331,7 +363,7 @@ def _combine(coefficients, q_mat):
 
 def _order(theta: np.ndarray, which: str) -> np.ndarray:
     """Indices of ``theta`` from the most to the least wanted."""
-    key = -theta if which == "largest" else -np.abs(theta)
+    key = {"largest": -theta, "smallest": theta, "magnitude": -np.abs(theta)}[which]
     return np.argsort(key, kind="stable")
 
 
@@ -345,7 +377,7 @@ def _lanczos(f, params, flat0, k, which, max_iters, tol, key, args) -> Eigen:
     n = flat0.size
     dtype = flat0.dtype
     eps = float(jnp.finfo(dtype).eps)
-    q_mat = jnp.zeros((max_iters + 1, n), dtype)
+    q_mat = jnp.zeros((_basis_rows(max_iters), n), dtype)
     q_mat, _ = _set_orthonormal(q_mat, 0, flat0)
     alphas: list[float] = []
     betas: list[float] = []  # betas[j] couples q_j and q_{j+1}; 0 after a restart
@@ -393,7 +425,7 @@ def _lanczos(f, params, flat0, k, which, max_iters, tol, key, args) -> Eigen:
         break
     m = len(alphas)
     wanted = _order(theta, which)[:k]
-    coefficients = np.zeros((k, max_iters + 1))
+    coefficients = np.zeros((k, q_mat.shape[0]))
     coefficients[:, :m] = s[:, wanted].T
     vectors = _combine(jnp.asarray(coefficients, dtype), q_mat)
     _, unravel = ravel_pytree(params)
@@ -455,7 +487,7 @@ def top_eigenvalues(
     *args: Any,
     key: jax.Array,
     method: Literal["lanczos", "power"] = "lanczos",
-    which: Literal["largest", "magnitude"] | None = None,
+    which: Literal["largest", "smallest", "magnitude"] | None = None,
     max_iters: int | None = None,
     tol: float = 1e-8,
     init: PyTree | None = None,
@@ -465,7 +497,8 @@ def top_eigenvalues(
     .. math::
 
         H v_i = λ_i v_i,\\quad \\|v_i\\| = 1,\\quad λ_1 ≥ λ_2 ≥ … ≥ λ_k \\;
-        (\\text{or } |λ_1| ≥ … \\text{ for } which=\\text{"magnitude"})
+        (\\text{or } λ_1 ≤ λ_2 ≤ … \\text{ for } which=\\text{"smallest"},
+        \\; |λ_1| ≥ … \\text{ for } which=\\text{"magnitude"})
 
     using only Hessian-vector products (:func:`hvp`) on the flattened params
     (``jax.flatten_util.ravel_pytree``).
@@ -498,8 +531,10 @@ def top_eigenvalues(
       *args: further arguments of ``f`` (e.g. ``x, y``).
       key: PRNG key for the random start vector (and restarts / deflation starts).
       method: ``"lanczos"`` or ``"power"``.
-      which: ``"largest"`` (algebraically, the default for Lanczos) or
-        ``"magnitude"`` (largest |λ|; the default and only choice for power).
+      which: ``"largest"`` (algebraically, the default for Lanczos),
+        ``"smallest"`` (algebraically: the most negative curvature, which tells a
+        saddle point from a minimum; Lanczos only) or ``"magnitude"`` (largest
+        |λ|; the default and only choice for power).
       max_iters: most Lanczos steps (default ``min(n, max(100, 4k))``; Lanczos
         stores that many vectors of n numbers), or most power iterations per
         eigenvalue (default 1000).
@@ -529,7 +564,7 @@ def top_eigenvalues(
     method = _check_choice("method", method, ("lanczos", "power"))
     if which is None:
         which = "largest" if method == "lanczos" else "magnitude"
-    which = _check_choice("which", which, ("largest", "magnitude"))
+    which = _check_choice("which", which, ("largest", "smallest", "magnitude"))
     if method == "power" and which != "magnitude":
         raise ValueError(
             f"which: power iteration converges to the eigenvalue of largest magnitude, so it "
@@ -706,7 +741,7 @@ def _slq_lanczos(f, params, keys, steps, batch_size, gaussian, args):
             v = jax.random.normal(start_key, (n,), dtype)
         else:
             v = jax.random.rademacher(start_key, (n,), dtype)
-        q_mat = jnp.zeros((steps + 1, n), dtype).at[0].set(v / jnp.linalg.norm(v))
+        q_mat = jnp.zeros((_basis_rows(steps), n), dtype).at[0].set(v / jnp.linalg.norm(v))
 
         def restart(q_mat, j):
             r = jax.random.normal(jax.random.fold_in(restart_key, j), (n,), dtype)
