@@ -52,6 +52,7 @@ import optax
 
 import gdjax
 from gdjax import MLP
+from gdjax.runs import atomic_write_bytes
 from gdjax.train import fit, make_step
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -567,6 +568,7 @@ def fit_end_to_end(ctx: Context) -> list[Row]:
 # (name, sizes, activation, loss, examples, grid in full mode, grid in quick mode)
 SWEEP_CASES = (
     ("large", (784, 512, 512, 10), "relu", "softmax_cross_entropy", 2048, 21, None),
+    ("large", (784, 512, 512, 10), "relu", "softmax_cross_entropy", 2048, 51, None),
     ("large (quick)", (64, 128, 128, 10), "relu", "softmax_cross_entropy", 512, None, 5),
     ("small", (2, 16, 16, 1), "tanh", "mse", 1000, 51, 51),
 )
@@ -609,13 +611,17 @@ def sweeps(ctx: Context) -> list[Row]:
     width and chunk size), and for the small case also with the whole grid as
     one chunk. A repeat times every variant once, in an order rotated each
     repeat, and the matmul roofline (median of 3 products) just before it
-    (3 repeats for the large case, ``max(3, --repeats)`` otherwise); ratios are
-    per repeat (loop time / sweep time) and the rows give medians. The
-    roofline fraction counts
-    nominal FLOPs, 2·examples·Σ n_in·n_out per point, so the fast path, which
-    skips most of layer 1, may pass 100 %. The 51×51 grid of the large case is
-    left out: at the loop's ~30 points/s it alone would take minutes, and
-    points/s do not depend on the grid size.
+    (3 repeats for the large case, 1 for its 51×51 grid on a CPU, where its
+    loop alone takes ~45 s; ``max(3, --repeats)`` otherwise); ratios are per
+    repeat (loop time / sweep time) and the rows give medians. The roofline
+    fraction counts nominal FLOPs, 2·examples·Σ n_in·n_out per point, so the
+    fast path, which skips most of layer 1, may pass 100 %.
+
+    The small case also gets an *activation floor*: the time of the jitted
+    activation alone over every hidden unit of every example at every point
+    (points × examples × Σ hidden sizes values). Any method, the loop
+    included, computes those values, so loop time / floor bounds the speed-up
+    that batching can buy.
     """
     landscape = gdjax.landscape
     rows = []
@@ -623,8 +629,10 @@ def sweeps(ctx: Context) -> list[Row]:
         grid = grid_quick if ctx.quick else grid_full
         if grid is None:
             continue
-        # the large case's loop alone takes ~15 s a repeat: 3 repeats keep the section ~2 min
-        repeats = 3 if name == "large" else max(3, ctx.repeats)
+        # the large case's loop takes ~8 s (21x21) or ~45 s (51x51) a repeat on 2 CPU cores
+        repeats = max(3, ctx.repeats)
+        if name == "large":
+            repeats = 3 if grid < 51 or jax.default_backend() != "cpu" else 1
         model, params, d1, d2, x, y = _sweep_problem(sizes, activation, loss, examples)
         alphas = betas = np.linspace(-1.0, 1.0, grid)
         generic = gdjax.objective(model, loss)
@@ -691,7 +699,7 @@ def sweeps(ctx: Context) -> list[Row]:
             rows.append(
                 Row(
                     "sweeps",
-                    f"{name}: {v} / loop",
+                    f"{name} {grid}x{grid}: {v} / loop",
                     median(r),
                     "ratio",
                     "loop time / sweep time per repeat",
@@ -702,9 +710,53 @@ def sweeps(ctx: Context) -> list[Row]:
             frac = [points * flops / t / 1e9 / p for t, p in zip(times[v], peaks, strict=True)]
             note = f"nominal {flops / 1e9:.3g} GFLOP/point; roofline {peak:.0f} GFLOP/s (median)"
             rows.append(
-                Row("sweeps", f"{name}: roofline: {v}", median(frac), "fraction", note, frac)
+                Row(
+                    "sweeps",
+                    f"{name} {grid}x{grid}: roofline: {v}",
+                    median(frac),
+                    "fraction",
+                    note,
+                    frac,
+                )
             )
+        if name == "small":
+            rows.extend(_activation_floor(sizes, activation, examples, points, loop_t, repeats))
     return rows
+
+
+def _activation_floor(sizes, activation, examples, points, loop_t, repeats) -> list[Row]:
+    """Seconds of σ alone over points × examples × Σ hidden sizes values; loop time / that.
+
+    One point's values (examples × Σ hidden, a few hundred KiB) stay in cache and
+    are shifted by a tiny per-point constant, so the figure is σ's arithmetic, not
+    memory traffic: a floor for any method.
+    """
+    sigma = gdjax.activations.get(activation).fn
+    z = jax.random.normal(jax.random.key(0), (examples, sum(sizes[1:-1])), jnp.float32)
+
+    @jax.jit
+    def all_points(z):
+        def one(i, acc):
+            return acc + jnp.sum(sigma(z + i.astype(z.dtype) * 1e-7))
+
+        return jax.lax.fori_loop(0, points, one, jnp.zeros((), z.dtype))
+
+    count = points * z.size
+    jax.block_until_ready(all_points(z))
+    floor = [timed(lambda: all_points(z)) for _ in range(max(3, repeats))]
+    bound = [t / median(floor) for t in loop_t]
+    note = f"{activation} (+ a sum) over {count:.3g} in-cache values: what every method computes"
+    return [
+        Row("sweeps", f"small: {activation} floor", median(floor), "s", note, floor),
+        Row(
+            "sweeps",
+            "small: loop / floor",
+            median(bound),
+            "ratio",
+            "the most any batching of the small case can gain over the loop",
+            bound,
+        ),
+    ]
 
 
 # ---------------------------------------------------------------- section: curvature
@@ -729,8 +781,18 @@ def _curvature_problem(ctx: Context):
     return model, params, x, y, v
 
 
+def _torch_on_gpu() -> bool:
+    """Whether torch runs on CUDA here: only when JAX is on a GPU too, so both use one device."""
+    import torch  # noqa: PLC0415 (optional dependency)
+
+    return bool(torch.cuda.is_available()) and jax.default_backend() == "gpu"
+
+
 def _torch_copy(params, x, y):
-    """A torch ``Sequential`` of ``Linear``/``ReLU`` with gdjax's weights; inputs, labels, loss."""
+    """A torch ``Sequential`` of ``Linear``/``ReLU`` with gdjax's weights; inputs, labels, loss.
+
+    On the GPU when :func:`_torch_on_gpu` (inputs and labels too), else on the CPU.
+    """
     import torch  # noqa: PLC0415 (optional dependency)
 
     layers: list[Any] = []
@@ -743,9 +805,10 @@ def _torch_copy(params, x, y):
         layers.append(linear)
         if i < len(params) - 1:
             layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers)
-    inputs = torch.from_numpy(np.asarray(x).copy())
-    targets = torch.from_numpy(np.asarray(y).astype(np.int64))
+    device = "cuda" if _torch_on_gpu() else "cpu"
+    net = torch.nn.Sequential(*layers).to(device)
+    inputs = torch.from_numpy(np.asarray(x).copy()).to(device)
+    targets = torch.from_numpy(np.asarray(y).astype(np.int64)).to(device)
     return net, inputs, targets, torch.nn.CrossEntropyLoss()
 
 
@@ -776,8 +839,10 @@ def _pyhessian_lambda_max(params, x, y) -> dict[str, Any]:
         with warnings.catch_warnings():  # its backward(create_graph=True) warns every call
             warnings.simplefilter("ignore", UserWarning)
             start = time.perf_counter()
-            h = hessian(net, criterion, data=(inputs, targets), cuda=False)
+            h = hessian(net, criterion, data=(inputs, targets), cuda=_torch_on_gpu())
             values, _ = h.eigenvalues(top_n=1, maxIter=100, tol=CURVATURE_TOL)
+            if _torch_on_gpu():
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
         for param in net.parameters():
             param.grad = None  # break the parameter <-> graph cycle that backward left
@@ -810,7 +875,7 @@ def _pyhessian_rayleigh_sequence(params, x, y, iterations: int) -> list[float]:
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            h = hessian(net, criterion, data=(inputs, targets), cuda=False)
+            h = hessian(net, criterion, data=(inputs, targets), cuda=_torch_on_gpu())
             h.eigenvalues(top_n=1, maxIter=iterations, tol=0.0)
         for param in net.parameters():
             param.grad = None
@@ -925,6 +990,7 @@ def curvature(ctx: Context) -> list[Row]:
         "torch": torch.__version__,
         "pyhessian": _version("pyhessian"),
         "torch_threads": torch.get_num_threads(),
+        "torch_device": "cuda" if _torch_on_gpu() else "cpu",
     }
     note = (
         f"lambda_max = {last['lambda']:.6g}, {last['hvps']} HVPs, forward+backward+power "
@@ -989,12 +1055,41 @@ def _matched_accuracy(f, params, x, y, key) -> list[Row]:
     return rows
 
 
+def _rows(dicts: list[dict[str, Any]]) -> list[Row]:
+    """Rows from the plain dicts that the ``bench_*.py`` modules return."""
+    return [Row(**d) for d in dicts]
+
+
+def steps(ctx: Context) -> list[Row]:
+    """The four configs (a)–(d): gdjax hand/auto steps, bare jit(grad), fit, torch, NumPy.
+
+    See ``benchmarks/bench_steps.py`` (also runnable on its own).
+    """
+    from bench_steps import steps_section  # noqa: PLC0415 (benchmarks/ is sys.path[0])
+
+    return _rows(steps_section(ctx.quick, ctx.repeats, ctx.shared.get("roofline_gflops")))
+
+
+def memory(ctx: Context) -> list[Row]:
+    """Peak resident memory of a 201×201 sweep of config (a), in a child process.
+
+    See ``benchmarks/bench_memory.py``; on a CPU the child is stopped after 60 s
+    (the peak is reached in the first chunks), on a GPU it runs to the end.
+    """
+    from bench_memory import memory_section  # noqa: PLC0415
+
+    limit = 60.0 if jax.default_backend() == "cpu" else 300.0
+    return _rows(memory_section(ctx.quick, limit_s=limit))
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "roofline": roofline,
+    "steps": steps,
     "training": training,
     "fit": fit_end_to_end,
     "curvature": curvature,
     "sweeps": sweeps,
+    "memory": memory,
 }
 
 
@@ -1078,6 +1173,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run, in order (default: {','.join(SECTIONS)})",
     )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="record a section that raises as an error row and run the next (device runs)",
+    )
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in names if s not in SECTIONS]
@@ -1095,40 +1195,48 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     load_start = _loadavg()
     start = time.perf_counter()
     rows: list[Row] = []
-    section_s = {}
+    section_s: dict[str, float] = {}
+
+    def report(complete: bool) -> dict[str, Any]:
+        return {
+            "date": now.date().isoformat(),
+            "timestamp": now.isoformat(timespec="seconds"),
+            "mode": mode,
+            "repeats": ctx.repeats,
+            "sections": names,
+            "complete": complete,
+            **environment(),
+            "argv": list(sys.argv[1:] if argv is None else argv),
+            "loadavg_1_5_15min": {"start": load_start, "end": _loadavg()},
+            "wall_s": round(time.perf_counter() - start, 2),
+            "section_wall_s": section_s,
+            "rows": [dataclasses.asdict(r) for r in rows],
+        }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
         t = time.perf_counter()
         gc.collect()
         gc.disable()  # no cyclic collection inside a timed block
         try:
-            rows.extend(SECTIONS[name](ctx))
+            new_rows = SECTIONS[name](ctx)
+        except Exception as exc:
+            if not args.keep_going:
+                raise
+            message = f"{type(exc).__name__}: {exc}"[:500]
+            new_rows = [Row(name, "ERROR", None, "-", message)]
         finally:
             gc.enable()
+        rows.extend(new_rows)
         section_s[name] = round(time.perf_counter() - t, 2)
-    wall = time.perf_counter() - start
-
-    report = {
-        "date": now.date().isoformat(),
-        "timestamp": now.isoformat(timespec="seconds"),
-        "mode": mode,
-        "repeats": ctx.repeats,
-        "sections": names,
-        **environment(),
-        "argv": list(sys.argv[1:] if argv is None else argv),
-        "loadavg_1_5_15min": {"start": load_start, "end": _loadavg()},
-        "wall_s": round(wall, 2),
-        "section_wall_s": section_s,
-        "rows": [dataclasses.asdict(r) for r in rows],
-    }
-    print(format_table(rows))
-    print(
-        f"\n{mode} run, {ctx.repeats} repeats, {wall:.1f} s; devices: "
-        f"{', '.join(d['device_kind'] for d in report['devices'])}"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(dump_json(report) + "\n")
+        print(format_table(new_rows), flush=True)
+        # Every finished section is on disk: an interrupted run keeps what it measured.
+        atomic_write_bytes(out, (dump_json(report(complete=name == names[-1])) + "\n").encode())
+    final = report(complete=True)
+    print(f"\n{mode} run, {ctx.repeats} repeats, {final['wall_s']:.1f} s; devices: "
+          f"{', '.join(d['device_kind'] for d in final['devices'])}")  # fmt: skip
     print(f"wrote {out}")
-    return report
+    return final
 
 
 def _loadavg() -> list[float] | None:

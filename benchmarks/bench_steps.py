@@ -1,0 +1,349 @@
+"""Training-step speed on the four configs of issue 6, against every reference, in one run.
+
+    python benchmarks/bench_steps.py            # standalone: prints a table
+    python benchmarks/bench_steps.py --quick
+
+Configs (all float32, plain SGD, learning rate 1e-2):
+
+    (a) [784, 512, 512, 10]            batch 256  relu     softmax cross-entropy
+    (b) [784, 1024, 1024, 1024, 10]    batch 512  tanh     softmax cross-entropy
+    (c) [32] + [64]×16 + [1]           batch 128  sigmoid  mse
+    (d) [2, 16, 16, 1]                 batch 64   tanh     mse
+
+Variants (each one SGD step θ ← θ − η ∂C/∂θ on a fixed batch, except ``fit``):
+
+- ``hand``: :func:`gdjax.train.make_step` with ``grad="hand"`` (``step.jitted``, the
+  call without the per-call input check), optax SGD;
+- ``auto``: the same with ``grad="auto"`` (``jax.value_and_grad``);
+- ``bare``: ``jax.jit(jax.value_and_grad(objective))`` and ``θ − ηg`` written inline,
+  donated — what a user writes without gdjax. Called in a Python loop, it is also
+  the "Python loop of jitted steps" that ``fit`` is compared with;
+- ``fit``: :func:`gdjax.train.fit` per step (epochs inside ``lax.scan``), from
+  ``fit(E₂) − fit(E₁)`` over S batches per epoch (removes its fixed cost);
+- ``torch eager`` / ``torch.compile`` (``torch.compile(net)``: forward and backward
+  compiled, optimizer eager) on the same weights and batch, on CUDA when both JAX
+  and torch see a GPU, else on the CPU; skipped when torch is not installed;
+- ``numpy``: Nielsen's ``network.py`` backprop (the δ equations), batched: one
+  matrix product per layer and direction, float32.
+
+Timing: each variant runs blocks of ``S`` steps (block ≈ 0.1 s on this device),
+rounds visit the variants in a rotating order, and every figure is the median
+over rounds of block time / steps; ratios are medians of per-round ratios.
+Nominal FLOPs of a step: ``6·B·Σ n_in·n_out`` (forward, two backward products).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gdjax
+from gdjax import MLP
+from gdjax.train import fit, make_step
+
+LR = 1e-2
+CONFIGS: dict[str, tuple[tuple[int, ...], int, str, str]] = {
+    "a": ((784, 512, 512, 10), 256, "relu", "softmax_cross_entropy"),
+    "b": ((784, 1024, 1024, 1024, 10), 512, "tanh", "softmax_cross_entropy"),
+    "c": ((32, *[64] * 16, 1), 128, "sigmoid", "mse"),
+    "d": ((2, 16, 16, 1), 64, "tanh", "mse"),
+}
+QUICK_CONFIGS: dict[str, tuple[tuple[int, ...], int, str, str]] = {
+    "a": ((64, 64, 10), 32, "relu", "softmax_cross_entropy"),
+    "d": ((2, 16, 16, 1), 64, "tanh", "mse"),
+}
+
+
+def flops_per_step(sizes: tuple[int, ...], batch: int) -> float:
+    """Nominal FLOPs of one training step: 6·B·Σ n_in·n_out."""
+    return 6.0 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def _problem(sizes, batch, loss, batches: int):
+    """Glorot params; ``batches`` batches of normal inputs with random labels or targets."""
+    kp, kx, ky = jax.random.split(jax.random.key(0), 3)
+    model_params = MLP(sizes).init(kp)
+    x = jax.random.normal(kx, (batches * batch, sizes[0]), jnp.float32)
+    if loss == "softmax_cross_entropy":
+        y = jax.random.randint(ky, (batches * batch,), 0, sizes[-1])
+    else:
+        y = jax.random.normal(ky, (batches * batch, sizes[-1]), jnp.float32)
+    return model_params, x, y
+
+
+# ---------------------------------------------------------------- JAX variants
+
+
+def _jax_stepper(step: Callable, params, opt_state, x, y) -> Callable[[int], None]:
+    """``run(s)``: s steps on the fixed batch (x, y), blocking at the end."""
+    state = [params, opt_state]
+
+    def run(steps: int) -> None:
+        p, s = state
+        for _ in range(steps):
+            p, s, _ = step(p, s, x, y)
+        jax.block_until_ready(p)
+        state[:] = [p, s]
+
+    return run
+
+
+def _bare_step(model: MLP, loss: str):
+    f = gdjax.objective(model, loss)
+
+    def step(params, opt_state, x, y):
+        value, grads = jax.value_and_grad(f)(params, x, y)
+        return jax.tree.map(lambda p, g: p - LR * g, params, grads), opt_state, value
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+# ---------------------------------------------------------------- torch variants
+
+
+def _torch_stepper(params, x, y, activation: str, loss: str, compiled: bool):
+    import torch  # noqa: PLC0415 (optional dependency)
+
+    device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+    act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}[activation]
+    layers: list[Any] = []
+    for i, p in enumerate(params):
+        w = np.asarray(p["w"])
+        linear = torch.nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(w.copy()))
+            linear.bias.copy_(torch.from_numpy(np.asarray(p["b"]).copy()))
+        layers.append(linear)
+        if i < len(params) - 1:
+            layers.append(act())
+    net = torch.nn.Sequential(*layers).to(device)
+    xt = torch.from_numpy(np.asarray(x).copy()).to(device)
+    if loss == "softmax_cross_entropy":
+        yt = torch.from_numpy(np.asarray(y).astype(np.int64)).to(device)
+        criterion: Callable = torch.nn.CrossEntropyLoss()
+    else:
+        yt = torch.from_numpy(np.asarray(y).copy()).to(device)
+
+        def criterion(out, target):  # the seed's C = 1/(2n) Σ‖y − a‖²
+            return 0.5 * ((out - target) ** 2).sum(dim=1).mean()
+
+    forward = torch.compile(net) if compiled else net
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            criterion(forward(xt), yt).backward()
+            opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return run, device
+
+
+# ---------------------------------------------------------------- NumPy (Nielsen)
+
+
+def _numpy_stepper(params, x, y, activation: str, loss: str):
+    """Nielsen's ``network.py`` backprop, batched (rows are examples), float32."""
+    ws = [np.asarray(p["w"]).copy() for p in params]
+    bs = [np.asarray(p["b"]).copy() for p in params]
+    x, y = np.asarray(x), np.asarray(y)
+    n = x.shape[0]
+    if activation == "relu":
+
+        def sigma(z):
+            return np.maximum(z, 0)
+
+        def sigma_prime(z, a):
+            return (z > 0).astype(z.dtype)
+    elif activation == "tanh":
+        sigma = np.tanh
+
+        def sigma_prime(z, a):
+            return 1 - a * a
+    else:
+
+        def sigma(z):
+            return 1 / (1 + np.exp(-z))
+
+        def sigma_prime(z, a):
+            return a * (1 - a)
+
+    onehot = None
+    if loss == "softmax_cross_entropy":
+        onehot = np.eye(ws[-1].shape[0], dtype=np.float32)[y]
+
+    def step() -> None:
+        activations, zs = [x], []
+        for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+            z = activations[-1] @ w.T + b
+            zs.append(z)
+            activations.append(sigma(z) if i < len(ws) - 1 else z)
+        out = activations[-1]
+        if onehot is not None:
+            e = np.exp(out - out.max(axis=1, keepdims=True))
+            delta = (e / e.sum(axis=1, keepdims=True) - onehot) / n
+        else:
+            delta = (out - y) / n
+        for layer in range(len(ws) - 1, -1, -1):
+            grad_w, grad_b = delta.T @ activations[layer], delta.sum(axis=0)
+            if layer > 0:
+                delta = (delta @ ws[layer]) * sigma_prime(zs[layer - 1], activations[layer])
+            ws[layer] -= LR * grad_w
+            bs[layer] -= LR * grad_b
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            step()
+
+    return run
+
+
+# ---------------------------------------------------------------- the section
+
+
+def _calibrate(run: Callable[[int], None], target_s: float) -> int:
+    """Steps per block so a block takes about ``target_s`` (after one warm-up step)."""
+    run(1)
+    start = time.perf_counter()
+    run(2)
+    per = max((time.perf_counter() - start) / 2, 1e-6)
+    return int(min(max(2, target_s / per), 2000))
+
+
+def _fit_stepper(model, loss, x, y, batch):
+    """``run(epochs) -> seconds`` of one fit call over the S batches of (x, y)."""
+    kw = dict(batch_size=batch, key=jax.random.key(0), learning_rate=LR, progress=False)
+
+    def run(epochs: int) -> float:
+        start = time.perf_counter()
+        result = fit(model, loss, "sgd", (x, y), epochs=epochs, eval_every=0, **kw)
+        jax.block_until_ready(result.params)
+        return time.perf_counter() - start
+
+    return run
+
+
+def steps_section(
+    quick: bool, repeats: int = 5, roofline_gflops: float | None = None
+) -> list[dict[str, Any]]:
+    """Rows (dicts: section, case, value, unit, notes, repeats, info) for every config."""
+    rows: list[dict[str, Any]] = []
+    configs = QUICK_CONFIGS if quick else CONFIGS
+    rounds = 3 if quick else max(5, repeats)
+    block_s = 0.03 if quick else 0.1
+    try:
+        import torch  # noqa: PLC0415
+
+        torch_version: str | None = torch.__version__
+    except ImportError:
+        torch_version = None
+
+    def row(case, value, unit, notes="", samples=(), info=None):
+        rows.append(
+            dict(
+                section="steps",
+                case=case,
+                value=value,
+                unit=unit,
+                notes=notes,
+                repeats=list(samples),
+                info=info or {},
+            )  # fmt: skip
+        )
+
+    for name, (sizes, batch, activation, loss) in configs.items():
+        model = MLP(sizes, activation=activation)
+        fit_batches = 4 if quick else 8
+        params, x_all, y_all = _problem(sizes, batch, loss, fit_batches)
+        x, y = x_all[:batch], y_all[:batch]
+        runners: dict[str, Callable[[int], None]] = {}
+        for grad in ("hand", "auto"):
+            step = make_step(model, loss, "sgd", grad, learning_rate=LR)
+            p = jax.tree.map(jnp.copy, params)
+            runners[grad] = _jax_stepper(step.jitted, p, step.optimizer.init(p), x, y)
+        runners["bare"] = _jax_stepper(
+            _bare_step(model, loss), jax.tree.map(jnp.copy, params), (), x, y
+        )
+        runners["numpy"] = _numpy_stepper(params, x, y, activation, loss)
+        device = "-"
+        if torch_version is not None:
+            runners["torch eager"], device = _torch_stepper(
+                params, x, y, activation, loss, compiled=False
+            )
+            if not quick:
+                runners["torch.compile"], _ = _torch_stepper(
+                    params, x, y, activation, loss, compiled=True
+                )
+        sizes_of = {variant: _calibrate(run, block_s) for variant, run in runners.items()}
+        fit_run = _fit_stepper(model, loss, x_all, y_all, batch)
+        e1, e2 = (1, 3) if quick else (2, 12)
+        fit_run(e1), fit_run(e2)  # compile both block sizes
+        samples: dict[str, list[float]] = {v: [] for v in [*runners, "fit"]}
+        order = list(samples)
+        for r in range(rounds):
+            for variant in order[r % len(order) :] + order[: r % len(order)]:
+                if variant == "fit":
+                    seconds = fit_run(e2) - fit_run(e1)
+                    samples["fit"].append(1e3 * seconds / ((e2 - e1) * fit_batches))
+                    continue
+                start = time.perf_counter()
+                runners[variant](sizes_of[variant])
+                samples[variant].append(1e3 * (time.perf_counter() - start) / sizes_of[variant])
+        flops = flops_per_step(sizes, batch)
+        info = {"sizes": list(sizes), "batch": batch, "activation": activation, "loss": loss,
+                "flops_per_step": flops, "torch": torch_version, "torch_device": device,
+                "steps_per_block": sizes_of, "fit_epochs": [e1, e2],
+                "fit_batches": fit_batches}  # fmt: skip
+        label = f"({name}) {'-'.join(map(str, sizes)) if len(sizes) < 8 else '32-64x16-1'}"
+        for variant, ms in samples.items():
+            value = statistics.median(ms)
+            note = ""
+            if roofline_gflops:
+                note = f"{flops / (value * 1e-3) / 1e9 / roofline_gflops:.0%} of matmul roofline"
+            row(
+                f"{label} {variant}",
+                value,
+                "ms/step",
+                note,
+                ms,
+                info if variant == "hand" else None,
+            )
+
+        def ratio(a: str, b: str, target: str, samples=samples, name=name):
+            if a in samples and b in samples:
+                per_round = [x / y for x, y in zip(samples[a], samples[b], strict=True)]
+                row(f"({name}) {a} / {b}", statistics.median(per_round), "ratio", target, per_round)
+
+        ratio("hand", "bare", "target <= 1.00 each, <= 0.95 median")
+        ratio("hand", "auto", "hand backprop vs autodiff inside make_step")
+        ratio("fit", "bare", "target <= 1.10 on (a)/(b); <= 0.25 on (d) (bare = Python loop)")
+        ratio("hand", "torch eager", "target <= 0.67 (1.5x faster)")
+        ratio("hand", "torch.compile", "target <= 1.00")
+        ratio("hand", "numpy", "Nielsen's network.py, batched")
+        if roofline_gflops:
+            gflops = flops / (statistics.median(samples["hand"]) * 1e-3) / 1e9
+            row(f"({name}) hand: roofline", gflops / roofline_gflops, "fraction",
+                f"{gflops:.1f} GFLOP/s nominal; target >= 0.95 on (b)")  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    for r in steps_section(args.quick, args.repeats):
+        print(f"{r['case']:<40} {r['value']:>10.4g} {r['unit']:<8} {r['notes']}")
+
+
+if __name__ == "__main__":
+    main()
