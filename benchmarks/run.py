@@ -1082,6 +1082,26 @@ def memory(ctx: Context) -> list[Row]:
     return _rows(memory_section(ctx.quick, limit_s=limit))
 
 
+def per_example(ctx: Context) -> list[Row]:
+    """Per-example gradients by hand against ``jit(vmap(grad))``; norms without forming them.
+
+    See ``benchmarks/bench_inside.py`` (config [784, 512, 512, 10], batch 256).
+    """
+    from bench_inside import per_example_section  # noqa: PLC0415
+
+    return _rows(per_example_section(ctx.quick))
+
+
+def scale(ctx: Context) -> list[Row]:
+    """Sweeps and data-parallel steps on 1, 2, 4, 8 simulated CPU devices; checkpoint overhead.
+
+    See ``benchmarks/bench_scale.py``; each device count runs in a child process.
+    """
+    from bench_scale import scale_section  # noqa: PLC0415
+
+    return _rows(scale_section(ctx.quick))
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "roofline": roofline,
     "steps": steps,
@@ -1090,6 +1110,8 @@ SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "curvature": curvature,
     "sweeps": sweeps,
     "memory": memory,
+    "per_example": per_example,
+    "scale": scale,
 }
 
 

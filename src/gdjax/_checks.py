@@ -8,12 +8,16 @@ names the argument, what was expected and what was received.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
 def is_concrete(x) -> bool:
-    """True when ``x`` holds values (not a tracer inside ``jit``/``grad``/``vmap``)."""
-    return not isinstance(x, jax.core.Tracer)
+    """True when this process can read ``x``'s values: not a tracer inside
+    ``jit``/``grad``/``vmap``, nor a multi-process array with shards on other hosts."""
+    if isinstance(x, jax.core.Tracer):
+        return False
+    return not (isinstance(x, jax.Array) and not x.is_fully_addressable)
 
 
 def shape_of(x) -> tuple[int, ...]:
@@ -36,3 +40,34 @@ def check_num_examples(x, y) -> None:
             f"got {ny[0] if ny else 'a scalar'} (x has shape {shape_of(x)}, "
             f"y has shape {shape_of(y)})."
         )
+
+
+def check_finite(name: str, x) -> None:
+    """A concrete floating array must hold no NaN or ±Inf (tracers and integers pass)."""
+    if x is None or not is_concrete(x):
+        return
+    values = np.asarray(x)
+    if jnp.issubdtype(values.dtype, jnp.inexact) and not np.all(np.isfinite(values)):
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite entries.")
+
+
+def dtype_of(x) -> np.dtype | None:
+    """``x``'s dtype without copying it (``None`` for objects numpy cannot type)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None:
+        return np.dtype(dtype)
+    try:
+        return np.asarray(x).dtype
+    except (TypeError, ValueError):
+        return None
+
+
+def check_real_data(name: str, x) -> None:
+    """Data (x or targets) must be real numbers: integer or floating, not complex or bool."""
+    dtype = dtype_of(x)
+    if dtype is None or not (
+        jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    ):
+        got = f"dtype {dtype}" if dtype is not None else type(x).__name__
+        raise ValueError(f"{name}: expected a real (integer or floating) array, got {got}.")

@@ -26,23 +26,41 @@ import jax
 import jax.numpy as jnp
 
 from gdjax import losses
-from gdjax._checks import check_num_examples, shape_of
+from gdjax._checks import check_finite, check_num_examples, shape_of
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
 
 __all__ = ["backprop", "backprop_with_deltas", "deltas", "objective", "check_batch"]
 
 
-def check_batch(model: MLP, loss: Loss, params: Params, x, y) -> None:
+def check_batch(
+    model: MLP, loss: Loss, params: Params, x, y, *, finite_params: bool = True
+) -> None:
     """Raise ``ValueError`` (naming the argument) unless params, x and y fit model and loss.
 
-    Reads shapes and dtypes only, plus label values when ``y`` is concrete, so
-    it runs while tracing, before anything is compiled.
+    Reads shapes and dtypes, and, for concrete arrays (not tracers), the values:
+    label ranges, and no NaN/Inf in ``x``, ``y`` and (unless ``finite_params``
+    is False) ``params``. So it runs while tracing, before anything is compiled.
     """
+    if not isinstance(model, MLP):
+        raise ValueError(f"model: expected a gdjax.MLP, got {type(model).__name__}.")
+    if not isinstance(loss, Loss):
+        raise ValueError(f"loss: expected a gdjax.losses.Loss, got {type(loss).__name__}.")
     model.check_params(params)
     model.check_input(x)
+    if shape_of(x)[0] == 0:
+        raise ValueError(
+            f"x: expected at least one example (row): the cost is a mean over examples, "
+            f"got shape {shape_of(x)}."
+        )
     check_num_examples(x, y)
     loss.check((shape_of(x)[0], model.sizes[-1]), y)
+    check_finite("x", x)
+    check_finite("y", y)
+    if finite_params:
+        for layer, p in enumerate(params):
+            for name in ("w", "b"):
+                check_finite(f"params[{layer}][{name!r}]", p[name])
 
 
 def objective(model: MLP, loss: str | Loss) -> Callable[[Params, jax.Array, jax.Array], jax.Array]:

@@ -55,6 +55,12 @@ class Loss:
     )
 
     def __call__(self, pred: jax.Array, y: jax.Array) -> jax.Array:
+        """``fn(pred, y)`` after ``check(pred.shape, y)``: no silent broadcasting."""
+        if len(np.shape(pred)) != 2:
+            raise ValueError(
+                f"pred: expected shape (batch, outputs), one row per example, got {np.shape(pred)}."
+            )
+        self.check(tuple(np.shape(pred)), y)
         return self.fn(pred, y)
 
 
@@ -62,7 +68,14 @@ def _shape_of(y) -> tuple[int, ...]:
     return tuple(np.shape(y))
 
 
+def _check_real(y) -> None:
+    dtype = np.dtype(y.dtype) if hasattr(y, "dtype") else np.asarray(y).dtype
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise ValueError(f"y: expected real (integer or floating) targets, got dtype {dtype}.")
+
+
 def _check_same_shape(pred_shape, y) -> None:
+    _check_real(y)
     if _shape_of(y) != tuple(pred_shape):
         hint = ""
         if len(pred_shape) == 2 and pred_shape[1] == 1 and _shape_of(y) == (pred_shape[0],):
@@ -117,6 +130,7 @@ def _softmax_ce_grad(z, y):
 
 def _check_softmax_ce(pred_shape, y) -> None:
     n, k = pred_shape
+    _check_real(y)
     dtype = np.dtype(y.dtype) if hasattr(y, "dtype") else np.asarray(y).dtype
     if np.issubdtype(dtype, np.integer):
         if _shape_of(y) != (n,):

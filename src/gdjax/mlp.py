@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import activations
-from gdjax._checks import shape_of
+from gdjax._checks import check_finite, check_real_data, dtype_of, shape_of
 from gdjax.activations import Activation
 
 __all__ = ["MLP", "Params", "INIT_SCHEMES"]
@@ -116,8 +116,28 @@ class MLP:
         """
         if scheme not in INIT_SCHEMES:
             raise ValueError(f"scheme: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}.")
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"dtype: expected a floating dtype, got {jnp.dtype(dtype)}.")
+        try:
+            floating = dtype is not None and jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+        except TypeError:
+            floating = False
+        if not floating:
+            try:
+                got = jnp.dtype(dtype).name
+            except TypeError:
+                got = repr(dtype)
+            raise ValueError(f"dtype: expected a floating dtype, got {got}.")
+        if isinstance(scale, bool) or not isinstance(scale, int | float | np.number):
+            raise ValueError(f"scale: expected a non-negative number, got {scale!r}.")
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"scale: expected a finite, non-negative number, got {scale!r}.")
+        if not (
+            isinstance(key, jax.Array)
+            and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+            or getattr(key, "dtype", None) == np.uint32
+        ):
+            raise ValueError(
+                f"key: expected a PRNG key, e.g. jax.random.key(0), got {type(key).__name__}."
+            )
         params = []
         keys = jax.random.split(key, self.num_layers)
         for layer_key, n_in, n_out in zip(keys, self.sizes[:-1], self.sizes[1:], strict=True):
@@ -153,6 +173,10 @@ class MLP:
         """
         self.check_params(params)
         self.check_input(x)
+        check_finite("x", x)  # concrete arrays only: free under jit
+        for layer, p in enumerate(params):
+            for name in ("w", "b"):
+                check_finite(f"params[{layer}][{name!r}]", p[name])
         a = jnp.asarray(x, dtype=jnp.result_type(params[0]["w"]))
         zs, acts = [], [a]
         for layer, p in enumerate(params):
@@ -170,6 +194,7 @@ class MLP:
                 f"x: expected shape (batch, {self.sizes[0]}) with {self.sizes[0]} = sizes[0], "
                 f"got {shape}."
             )
+        check_real_data("x", x)
 
     def check_params(self, params: Params) -> None:
         """Raise ``ValueError`` unless ``params`` has this model's structure and shapes."""
@@ -192,4 +217,15 @@ class MLP:
                     raise ValueError(
                         f"params[{layer}]['{name}']: expected shape {want} for sizes "
                         f"{self.sizes}, got {shape_of(p[name])}."
+                    )
+                dtype = dtype_of(p[name])
+                if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+                    raise ValueError(
+                        f"params[{layer}]['{name}']: expected a floating dtype (float16 … "
+                        f"float64), got {dtype}."
+                    )
+                if dtype != dtype_of(params[0]["w"]):
+                    raise ValueError(
+                        f"params[{layer}]['{name}']: expected the dtype of params[0]['w'] "
+                        f"({dtype_of(params[0]['w'])}) in every leaf, got {dtype}."
                     )

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -62,6 +63,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "RUN_FILES",
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
 ]
 
 PyTree = Any
@@ -257,6 +261,10 @@ def model_from_dict(d: Mapping[str, Any]) -> MLP:
 # ---------------------------------------------------------------- pytrees as .npz
 
 
+class _NotAPytree(Exception):
+    """An .npz file without the ``__tree__`` header."""
+
+
 class _Opaque(Exception):
     """A pytree node that the structure description cannot express."""
 
@@ -304,7 +312,7 @@ def save_pytree(path: str | os.PathLike, tree: PyTree) -> Path:
     Layout: leaf ``i`` of ``jax.tree.leaves(tree)`` is the array ``leaf_i``,
     stored with its dtype and bits unchanged (bfloat16 included; typed PRNG
     keys as their key data). The entry ``__tree__`` is a JSON string with the
-    ``jax.tree_util.keystr`` path, dtype and shape of every leaf, and the
+    ``jax.tree_util.keystr`` path, dtype, shape and SHA-256 of every leaf, and the
     structure of the tree when it is made of dicts (string keys), lists,
     tuples and None only, so such trees (params, histories) load without a
     template. Other nodes, such as the NamedTuple states of optax, are
@@ -313,6 +321,11 @@ def save_pytree(path: str | os.PathLike, tree: PyTree) -> Path:
     Returns:
       ``path`` as a :class:`~pathlib.Path`.
     """
+    return atomic_write_bytes(path, _pytree_bytes(tree))
+
+
+def _pytree_bytes(tree: PyTree) -> bytes:
+    """The ``.npz`` bytes :func:`save_pytree` writes (see there for the layout)."""
     tree = jax.device_get(tree)
     path_leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     try:
@@ -327,7 +340,7 @@ def save_pytree(path: str | os.PathLike, tree: PyTree) -> Path:
             entry["prng_impl"] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
         arr = np.asarray(leaf)
-        entry.update(dtype=arr.dtype.name, shape=list(arr.shape))
+        entry.update(dtype=arr.dtype.name, shape=list(arr.shape), sha256=_array_sha256(arr))
         arrays[f"leaf_{i}"] = arr
         leaves_meta.append(entry)
     header = {
@@ -340,7 +353,11 @@ def save_pytree(path: str | os.PathLike, tree: PyTree) -> Path:
     arrays[_TREE_KEY] = np.array(json.dumps(header))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _array_sha256(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
 def load_pytree(
@@ -364,19 +381,37 @@ def load_pytree(
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      ValueError: the file is not a gdjax pytree, or ``like`` does not match it.
+      ValueError: the file is not a gdjax pytree, is truncated or corrupted (the
+        zip CRCs and the SHA-256 of every leaf, recorded at save time, are
+        checked before anything is returned), or ``like`` does not match it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: expected a .npz file written by save_pytree, got {path}.")
-    with np.load(path, allow_pickle=False) as npz:
-        if _TREE_KEY not in npz.files:
+    try:  # our own handle: np.load leaks its file when the zip is unreadable
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
+            if _TREE_KEY not in npz.files:
+                raise _NotAPytree(sorted(npz.files)[:5])
+            header = json.loads(str(npz[_TREE_KEY][()]))
+            raw = [npz[f"leaf_{i}"] for i in range(len(header["leaves"]))]
+    except _NotAPytree as e:
+        raise ValueError(
+            f"path: expected a .npz file written by gdjax.runs.save_pytree (with a "
+            f"'{_TREE_KEY}' entry), got {path} with entries {e.args[0]}."
+        ) from None
+    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, KeyError, JSON, …
+        raise ValueError(
+            f"path: expected a readable .npz file written by gdjax.runs.save_pytree, got "
+            f"{path}, which is truncated or corrupted ({type(e).__name__}: {e}). Nothing "
+            f"was loaded from it."
+        ) from None
+    for i, (arr, entry) in enumerate(zip(raw, header["leaves"], strict=True)):
+        if "sha256" in entry and _array_sha256(arr) != entry["sha256"]:  # absent: older files
             raise ValueError(
-                f"path: expected a .npz file written by gdjax.runs.save_pytree (with a "
-                f"'{_TREE_KEY}' entry), got {path} with entries {sorted(npz.files)[:5]}."
+                f"path: expected leaf {i} ({entry['path']}) of {path} to have the SHA-256 "
+                f"recorded when it was saved, got different bytes: the file is corrupted. "
+                f"Nothing was loaded from it."
             )
-        header = json.loads(str(npz[_TREE_KEY][()]))
-        raw = [npz[f"leaf_{i}"] for i in range(len(header["leaves"]))]
 
     leaves = []
     for arr, entry in zip(raw, header["leaves"], strict=True):
@@ -713,3 +748,157 @@ def new_run_dir(root: str | os.PathLike, name: str | None = None) -> Path:
             continue
         return candidate
     raise FileExistsError(f"root: could not create a new run directory under {root}.")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CHECKPOINT_MANIFEST = "checkpoint.json"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FORMAT = "gdjax.checkpoint"
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint read by :func:`load_checkpoint`.
+
+    Attributes:
+      step: the position it was taken at (for :func:`gdjax.train.fit`, the
+        number of epochs done).
+      trees: the saved pytrees by name (e.g. ``params``, ``opt_state``, ``history``).
+      fingerprint: the description of the run that wrote it.
+      info: the small JSON extras saved with it.
+      path: the directory holding its files.
+    """
+
+    step: int
+    trees: dict[str, PyTree]
+    fingerprint: dict[str, Any]
+    info: dict[str, Any]
+    path: Path
+
+
+def _checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINT_DIR / f"{step:09d}"
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    *,
+    step: int,
+    trees: Mapping[str, PyTree],
+    fingerprint: Mapping[str, Any],
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint into ``run_dir``, so that a killed process loses nothing before it.
+
+    Layout::
+
+        run_dir/checkpoint.json                 the manifest (written last)
+        run_dir/checkpoints/<step>/<name>.npz   one file per tree (save_pytree)
+
+    Each tree is written atomically into a directory of its own for this
+    ``step``; then the manifest — the step, the fingerprint, ``info`` and the
+    size and SHA-256 of every file — replaces the previous one atomically;
+    then older checkpoint directories are removed. A process killed at any
+    moment leaves the previous complete checkpoint or the new one, never a
+    mixture: the manifest names one directory and the checksums of its files.
+
+    Args:
+      run_dir: the directory (created if missing).
+      step: a non-negative int, the position of the checkpoint.
+      trees: name → pytree of arrays; names are file names (letters, digits,
+        ``.``, ``_``, ``-``).
+      fingerprint: JSON description of the run; :func:`load_checkpoint`
+        returns it so the caller can refuse a checkpoint of another run.
+      info: optional small JSON extras (e.g. a status message).
+
+    Returns:
+      The manifest's path.
+    """
+    run_dir = Path(run_dir)
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+        raise ValueError(f"step: expected a non-negative integer, got {step!r}.")
+    for name in trees:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(
+                f"trees: expected names of letters, digits, '.', '_' and '-', got {name!r}."
+            )
+    fingerprint_bytes = _dumps("fingerprint", dict(fingerprint))
+    info = dict(info or {})
+    _dumps("info", info)
+    directory = _checkpoint_dir(run_dir, int(step))
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, tree in trees.items():
+        data = _pytree_bytes(tree)
+        atomic_write_bytes(directory / f"{name}.npz", data)
+        files[f"{name}.npz"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "dir": directory.relative_to(run_dir).as_posix(),
+        "files": files,
+        "fingerprint": json.loads(fingerprint_bytes),
+        "fingerprint_sha256": hashlib.sha256(fingerprint_bytes).hexdigest(),
+        "info": info,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "process_count": jax.process_count(),
+        "device_count": jax.device_count(),
+    }
+    path = atomic_write_json(run_dir / CHECKPOINT_MANIFEST, manifest)
+    for old in (run_dir / CHECKPOINT_DIR).iterdir():  # older steps and killed writes
+        if old != directory and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_checkpoint(
+    run_dir: str | os.PathLike, like: Mapping[str, PyTree | None] | None = None
+) -> Checkpoint | None:
+    """The checkpoint :func:`save_checkpoint` last completed in ``run_dir``, or ``None``.
+
+    Every file is checked against the size and SHA-256 in the manifest before
+    anything is loaded, so a truncated or altered checkpoint is refused with a
+    ``ValueError``, never half-loaded.
+
+    Args:
+      run_dir: the directory.
+      like: name → template for trees that need one (an optax state:
+        ``{"opt_state": optimizer.init(params)}``); ``None`` or missing names
+        load without a template.
+
+    Returns:
+      A :class:`Checkpoint`, or ``None`` when ``run_dir`` holds no manifest.
+    """
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / CHECKPOINT_MANIFEST
+    if not manifest_path.is_file():
+        return None
+    manifest = _read_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"run_dir: expected {manifest_path} to be a manifest written by "
+            f"gdjax.runs.save_checkpoint, got another file. Move it away to start over."
+        )
+    directory = run_dir / manifest["dir"]
+    for name, record in manifest["files"].items():
+        file = directory / name
+        if not file.is_file():
+            raise ValueError(
+                f"run_dir: expected {file}, listed in {manifest_path}, but it is missing: the "
+                f"checkpoint is incomplete. Delete {manifest_path} to start over."
+            )
+        if _file_record(file) != record:
+            raise ValueError(
+                f"run_dir: expected {file} to match {manifest_path} ({record['bytes']} bytes, "
+                f"sha256 {record['sha256'][:12]}…), got different contents: the checkpoint "
+                f"is corrupted. Nothing was loaded. Delete {manifest_path} to start over."
+            )
+    like = dict(like or {})
+    trees = {}
+    for name in manifest["files"]:
+        key = name.removesuffix(".npz")
+        trees[key] = load_pytree(directory / name, like=like.get(key))
+    return Checkpoint(
+        int(manifest["step"]), trees, manifest["fingerprint"], manifest["info"], directory
+    )

@@ -18,26 +18,50 @@ Divergence: a step whose batch loss or new params are not finite is not
 applied; the epoch finishes without further updates, ``fit`` stops there with
 a :class:`DivergedWarning` naming the epoch, the step, the last finite loss and
 the learning rate, and returns the last finite params.
+
+Data parallelism (``mesh=``): with a :class:`jax.sharding.Mesh` that has an
+axis ``"data"`` (or ``mesh="local"`` for all local devices), params and
+optimizer state are replicated on every device and every step's batch is split
+into equal row blocks over ``"data"``. Each device runs the forward pass and the
+hand-written backward pass on its rows; the sums over examples in
+``∂C/∂w^l = Σ_x δ^l_x (a^{l-1}_x)ᵀ`` and in C become partial sums that XLA
+all-reduces, so every device applies the same update. The result equals the
+one-device step up to the order of those sums (float rounding). A batch whose
+rows do not divide over the devices is refused (see :func:`fit` for the rule).
+
+Checkpoints (``fit(..., run_dir=d, checkpoint_every=k)``): every k epochs,
+and at the end, params, optimizer state, history and the position (epoch,
+shuffle key, divergence flag) are written atomically with
+:func:`gdjax.runs.save_checkpoint`, with a fingerprint of the config. Running
+the same ``fit`` again resumes after the last checkpoint and gives the params of
+an uninterrupted run bit for bit; a checkpoint of another config is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
+import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from gdjax import diagnostics, losses
-from gdjax._checks import check_num_examples, check_positive_int, shape_of
+from gdjax import diagnostics, losses, runs
+from gdjax._checks import check_num_examples, check_positive_int, is_concrete, shape_of
 from gdjax.backprop import backprop, check_batch, objective
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
@@ -50,6 +74,7 @@ __all__ = [
     "evaluate",
     "FitResult",
     "DivergedWarning",
+    "data_mesh",
 ]
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -97,7 +122,11 @@ def make_optimizer(
             f"learning_rate: expected a positive number for optimizer {optimizer!r}, got none."
         )
     lr = hyperparams["learning_rate"]
-    if not callable(lr) and (isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0):
+    if not callable(lr) and (
+        isinstance(lr, bool)
+        or not isinstance(lr, int | float | np.floating | np.integer)
+        or not (lr > 0 and math.isfinite(lr))
+    ):
         raise ValueError(f"learning_rate: expected a positive number, got {lr!r}.")
     try:
         frozen = tuple(sorted(hyperparams.items()))
@@ -132,11 +161,88 @@ def _apply_step(grad_fn, optimizer, params, opt_state, x, y):
     return optax.apply_updates(params, updates), opt_state, value
 
 
+# ---------------------------------------------------------------- data parallelism
+
+DATA_AXIS = "data"
+"""The mesh axis the batch is split over."""
+
+MeshLike = Mesh | Literal["local", "global"] | bool | None
+
+
+def data_mesh(mesh: MeshLike) -> Mesh | None:
+    """The :class:`~jax.sharding.Mesh` that ``mesh=`` of :func:`make_step` / :func:`fit` means.
+
+    ``None`` or ``False``: no mesh (one device, as JAX places it). ``"local"`` or
+    ``True``: a 1-D mesh ``("data",)`` over this process's devices
+    (``jax.local_devices()``). ``"global"``: over every process's devices
+    (``jax.devices()``; see :func:`gdjax.distributed.global_mesh`). A ``Mesh``
+    passes through if it has an axis named ``"data"`` (other axes replicate).
+
+    >>> data_mesh("local").axis_names
+    ('data',)
+    """
+    if mesh is None or mesh is False:
+        return None
+    if mesh is True or (isinstance(mesh, str) and mesh == "local"):
+        return Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
+    if isinstance(mesh, str) and mesh == "global":
+        return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+    if not isinstance(mesh, Mesh):
+        raise ValueError(
+            f"mesh: expected None, 'local', 'global', True or a jax.sharding.Mesh with an axis "
+            f"named {DATA_AXIS!r}, got {mesh!r}."
+        )
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"mesh: expected a jax.sharding.Mesh with an axis named {DATA_AXIS!r} to split "
+            f"the batch over, got axes {mesh.axis_names}."
+        )
+    return mesh
+
+
+def _shards(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else int(mesh.shape[DATA_AXIS])
+
+
+def _put(tree, sharding: NamedSharding):
+    """Place ``tree``'s leaves with ``sharding``; a leaf placed so already passes through.
+
+    Host values are placed with ``make_array_from_callback`` when several
+    processes share the mesh: every process passes the same (global) values
+    and contributes the shards of its own devices.
+    """
+
+    def one(a):
+        if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(sharding, a.ndim):
+            return a
+        if jax.process_count() == 1 or (isinstance(a, jax.Array) and not a.is_fully_addressable):
+            return jax.device_put(a, sharding)
+        if runs._is_key_array(a):
+            impl = jax.random.key_impl(a)
+            return jax.random.wrap_key_data(one(jax.random.key_data(a)), impl=impl)
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree)
+
+
+def _check_rows(name: str, rows: int, mesh: Mesh | None) -> None:
+    d = _shards(mesh)
+    if rows % d:
+        raise ValueError(
+            f"{name}: expected a batch whose rows split evenly over the {d} devices of mesh "
+            f"axis {DATA_AXIS!r}, got {rows} rows ({rows} % {d} = {rows % d}). Use a batch "
+            f"size that is a multiple of {d}."
+        )
+
+
 def make_step(
     model: MLP,
     loss: str | Loss,
     optimizer: str | optax.GradientTransformation,
     grad: GradMode = "hand",
+    *,
+    mesh: MeshLike = None,
     **hyperparams: Any,
 ) -> Callable[[Params, Any, jax.Array, jax.Array], tuple[Params, Any, dict[str, jax.Array]]]:
     """A jitted gradient-descent step ``step(params, opt_state, x, y)``.
@@ -151,12 +257,19 @@ def make_step(
       optimizer: an ``optax.GradientTransformation`` or a name from :data:`OPTIMIZERS`
         with keyword ``hyperparams`` (``learning_rate=...``).
       grad: ``"hand"`` for :func:`gdjax.backprop`, ``"auto"`` for ``jax.value_and_grad``.
+      mesh: data parallelism (see :func:`data_mesh`): ``None`` (default), ``"local"``,
+        ``"global"`` or a ``Mesh`` with an axis ``"data"``. The rows of ``x``, ``y`` are
+        split over ``"data"`` (their number must be a multiple of its size), params
+        and state are replicated, and XLA all-reduces the gradient sums. With
+        several processes, each passes the same global batch (or global
+        ``jax.Array`` s already sharded over the mesh).
 
     Returns:
       ``step(params, opt_state, x, y) -> (params, opt_state, {"loss": C})``, where
       ``C`` is the batch cost before the update. ``params`` and ``opt_state`` are
       donated: do not reuse the arrays you pass in. Initialise the state with
-      ``step.optimizer.init(params)``.
+      ``step.optimizer.init(params)``. With a mesh, the outputs are replicated
+      over it; ``step.mesh`` is the resolved mesh.
 
     Examples:
       >>> from gdjax import MLP
@@ -177,14 +290,30 @@ def make_step(
         params, opt_state, value = _apply_step(grad_fn, tx, params, opt_state, x, y)
         return params, opt_state, {"loss": value}
 
-    jitted = jax.jit(_step, donate_argnums=(0, 1))
+    mesh = data_mesh(mesh)
+    if mesh is None:
+        jitted = jax.jit(_step, donate_argnums=(0, 1))
+    else:
+        replicated, by_row = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+        jitted = jax.jit(
+            _step,
+            donate_argnums=(0, 1),
+            in_shardings=(replicated, replicated, by_row, by_row),
+            out_shardings=replicated,
+        )
 
     def step(params, opt_state, x, y):
-        check_batch(model, loss, params, x, y)
+        # params stay on the device: their finiteness is not read back every step
+        check_batch(model, loss, params, x, y, finite_params=False)
+        if mesh is not None:
+            _check_rows("x", shape_of(x)[0], mesh)
+            params, opt_state = _put((params, opt_state), replicated)
+            x, y = _put((x, y), by_row)
         return jitted(params, opt_state, x, y)
 
     step.optimizer = tx  # type: ignore[attr-defined]
     step.jitted = jitted  # type: ignore[attr-defined]
+    step.mesh = mesh  # type: ignore[attr-defined]
     return step
 
 
@@ -274,6 +403,8 @@ def _unpack_data(data) -> tuple[Any, Any, Any, Any]:
 
 
 def _check_finite(name: str, array) -> None:
+    if not is_concrete(array):
+        return
     values = np.asarray(array)
     if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
         bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
@@ -290,13 +421,24 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def _epoch_body(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule):
-    """One epoch: permute, scan over full batches, one ragged step, finiteness guard."""
+def _epoch_body(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule, mesh=None):
+    """One epoch: permute, scan over full batches, one ragged step, finiteness guard.
+
+    With a mesh, each batch ``x[idx]`` (gathered from the replicated data set)
+    is constrained to be split by rows over ``"data"``; XLA partitions the step
+    accordingly and all-reduces the sums over examples.
+    """
     grad_fn = _grad_fn(model, loss, grad)
+
+    def rows(a, idx):
+        if mesh is None:
+            return a[idx]
+        return jax.lax.with_sharding_constraint(a[idx], NamedSharding(mesh, P(DATA_AXIS)))
 
     def guarded_step(carry, idx, x, y):
         params, opt_state, diverged_at, step = carry
-        new_params, new_state, value = _apply_step(grad_fn, tx, params, opt_state, x[idx], y[idx])
+        xb, yb = rows(x, idx), rows(y, idx)
+        new_params, new_state, value = _apply_step(grad_fn, tx, params, opt_state, xb, yb)
         ok = (diverged_at < 0) & jnp.isfinite(value) & _all_finite(new_params)
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(ok, new, old), (new_params, new_state), (params, opt_state)
@@ -319,14 +461,16 @@ def _epoch_body(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule)
 
 
 @functools.lru_cache(maxsize=32)
-def _make_epochs(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule, count: int):
+def _make_epochs(
+    model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule, count: int, mesh=None
+):
     """``count`` epochs in one jitted call: a ``lax.scan`` over epochs e, e+1, ….
 
     Epoch e shuffles with ``fold_in(shuffle_key, e)``, as a single-epoch call
     would. Cached on its (hashable, static) arguments, so a second ``fit`` with
     the same model, loss, optimizer and batch schedule reuses the compiled code.
     """
-    epoch = _epoch_body(model, loss, tx, grad, schedule)
+    epoch = _epoch_body(model, loss, tx, grad, schedule, mesh)
 
     def run(params, opt_state, x, y, shuffle_key, first_epoch, diverged_at):
         def body(carry, e):
@@ -343,7 +487,9 @@ def _make_epochs(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule
         )
         return params, opt_state, values, diverged_at
 
-    return jax.jit(run, donate_argnums=(0, 1))
+    if mesh is None:
+        return jax.jit(run, donate_argnums=(0, 1))
+    return jax.jit(run, donate_argnums=(0, 1), out_shardings=NamedSharding(mesh, P()))
 
 
 MAX_EPOCHS_PER_CALL = 32
@@ -380,6 +526,9 @@ def fit(
     callback: Callable[[int, Params, Any, dict[str, np.ndarray]], None] | None = None,
     callback_every: int = 1,
     progress: bool = True,
+    mesh: MeshLike = None,
+    run_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
     **hyperparams: Any,
 ) -> FitResult:
     """Train ``model`` by gradient descent on ``data``.
@@ -396,7 +545,8 @@ def fit(
       optimizer: an optax transformation, or a name with ``hyperparams``
         (e.g. ``"adam", learning_rate=1e-3``); see :func:`make_optimizer`.
       data: a :class:`gdjax.data.Dataset`, or ``(x, y)``, or ``(x, y, x_test, y_test)``.
-      epochs: number of passes over the training set.
+      epochs: number of passes over the training set (counting the epochs a
+        resumed checkpoint has done).
       key: PRNG key; split into an init key (used when ``params`` is None) and
         the shuffle key. Same key and config give bit-identical results.
       batch_size: ``None`` (full batch), or a positive int ≤ n.
@@ -404,14 +554,31 @@ def fit(
         ``optimizer.init(params)``.
       grad: ``"hand"`` (gdjax.backprop) or ``"auto"`` (jax.value_and_grad).
       eval_every: evaluate train/test loss and accuracy every k epochs (0: never).
-        Between host events (evaluation, diagnostics, callbacks) up to
-        :data:`MAX_EPOCHS_PER_CALL` epochs run in one jitted call, so
+        Between host events (evaluation, diagnostics, callbacks, checkpoints) up
+        to :data:`MAX_EPOCHS_PER_CALL` epochs run in one jitted call, so
         ``eval_every=0`` (or a large k) gives the fastest loop.
       diagnostics_every: record per-layer norms (:mod:`gdjax.diagnostics`) on the
         training set every k epochs (0: never).
       callback: ``callback(epoch, params, opt_state, history)`` every ``callback_every``
         epochs, on the host, e.g. to track sharpness.
       progress: show a progress bar (epoch, loss, steps/s).
+      mesh: data parallelism (see :func:`data_mesh`): the data set is replicated
+        on every device of the mesh and each step's batch is split by rows over
+        its ``"data"`` axis of D devices. Every step's batch must split evenly:
+        B (``batch_size``; n for full batch) and the ragged last batch
+        r = n mod B must both be multiples of D, else a ValueError names n, B, r
+        and D before anything runs (drop a few examples, or pick B, so that they
+        are). The results equal the one-device run's to float rounding.
+      run_dir: a directory for checkpoints (see :func:`gdjax.runs.save_checkpoint`):
+        ``run_dir/checkpoint.json`` and ``run_dir/checkpoints/``. When it holds a
+        checkpoint of this same run (same fingerprint: model, loss, optimizer and
+        hyper-parameters, grad, data shapes and SHA-256, key, batch size,
+        starting params and state, eval/diagnostics/callback/checkpoint intervals,
+        x64), training resumes after it; a checkpoint of another run is refused
+        with a ValueError naming what differs. Only process 0 writes.
+      checkpoint_every: with ``run_dir``, write a checkpoint every k epochs
+        (0: only at the end). Blocks of epochs end on checkpoints, so an
+        interrupted-and-resumed run is bit-identical to an uninterrupted one.
 
     Returns:
       A :class:`FitResult` ``(params, opt_state, history, diverged)``.
@@ -421,11 +588,28 @@ def fit(
     eval_every = _check_every("eval_every", eval_every)
     diagnostics_every = _check_every("diagnostics_every", diagnostics_every)
     callback_every = check_positive_int("callback_every", callback_every)
+    checkpoint_every = _check_every("checkpoint_every", checkpoint_every)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback: expected a function, got {type(callback).__name__}.")
+    if not isinstance(progress, bool | np.bool_):
+        raise ValueError(f"progress: expected True or False, got {progress!r}.")
+    if run_dir is None and checkpoint_every:
+        raise ValueError(
+            f"run_dir: expected a directory to write checkpoints into, since "
+            f"checkpoint_every={checkpoint_every}, got None."
+        )
+    if run_dir is not None and not isinstance(run_dir, str | os.PathLike):
+        raise ValueError(f"run_dir: expected a path, got {type(run_dir).__name__}.")
     tx = make_optimizer(optimizer, **hyperparams)
     _grad_fn(model, loss, grad)  # validates `grad`
+    mesh = data_mesh(mesh)
     x, y, x_test, y_test = _unpack_data(data)
     check_num_examples(x, y)
     n = shape_of(x)[0]
+    if n == 0:
+        raise ValueError(
+            f"data.x: expected at least one training example, got shape {shape_of(x)}."
+        )
     if batch_size is None:
         batch_size = n
     elif (
@@ -438,11 +622,14 @@ def fit(
             f"(the number of training examples), got {batch_size!r}."
         )
     schedule = _Schedule(int(batch_size), n // batch_size, n % batch_size)
+    _check_schedule(schedule, n, mesh)
     for name, array in (("x", x), ("y", y), ("x_test", x_test), ("y_test", y_test)):
         if array is not None:
             _check_finite(f"data.{name}", array)
+    _check_key(key)
 
     init_key, shuffle_key = jax.random.split(key)
+    params_given, state_given = params, opt_state
     if params is None:
         params = model.init(init_key)
     x, y = jnp.asarray(x), jnp.asarray(y)
@@ -455,16 +642,78 @@ def fit(
     params = jax.tree.map(jnp.array, params)
     opt_state = tx.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
 
-    intervals = [i for i in (eval_every, diagnostics_every) if i]
+    intervals = [i for i in (eval_every, diagnostics_every, checkpoint_every) if i]
     if callback is not None:
         intervals.append(callback_every)
     block = _epochs_per_call(epochs, intervals)
-    report_fn = jax.jit(diagnostics.gradient_report, static_argnums=(0, 1))
     history: dict[str, list] = {"epoch": [], "loss": [], "step_loss": []}
     records: dict[str, list] = {}
     diverged = None
-    bar = tqdm(total=epochs, desc="epochs", unit="epoch", dynamic_ncols=True, disable=not progress)
+    diverged_at = jnp.asarray(-1, jnp.int32)
+    first_epoch = 1
+
+    fingerprint = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        fingerprint = _fingerprint(
+            model=model,
+            loss=loss,
+            optimizer=optimizer,
+            hyperparams=hyperparams,
+            tx=tx,
+            params=params,
+            grad=grad,
+            data=(x, y, x_test, y_test),
+            batch_size=schedule.size,
+            key=key,
+            params_given=params_given,
+            state_given=state_given,
+            intervals={
+                "eval_every": eval_every,
+                "diagnostics_every": diagnostics_every,
+                "checkpoint_every": checkpoint_every,
+                "callback_every": callback_every if callback is not None else None,
+            },
+        )
+        ckpt = runs.load_checkpoint(run_dir, like={"params": params, "opt_state": opt_state})
+        if ckpt is not None:
+            _check_fingerprint(run_dir, ckpt.fingerprint, fingerprint)
+            if ckpt.step > epochs:
+                raise ValueError(
+                    f"epochs: expected at least the {ckpt.step} epochs already done by the "
+                    f"checkpoint in {run_dir}, got {epochs}."
+                )
+            params, opt_state = ckpt.trees["params"], ckpt.trees["opt_state"]
+            history, records = _restore_history(ckpt.trees["history"])
+            diverged_at = jnp.asarray(ckpt.trees["state"]["diverged_at"], jnp.int32)
+            diverged = ckpt.info.get("diverged")
+            first_epoch = ckpt.step + 1
+            if diverged is not None:
+                warnings.warn(diverged, DivergedWarning, stacklevel=2)
+            if diverged is not None or ckpt.step == epochs:
+                return FitResult(params, opt_state, _as_arrays(history, records), diverged)
+
+    on_mesh = (
+        (lambda tree: tree)
+        if mesh is None
+        else functools.partial(_put, sharding=NamedSharding(mesh, P()))
+    )
+    params, opt_state, x, y, shuffle_key, diverged_at = on_mesh(
+        (params, opt_state, x, y, shuffle_key, diverged_at)
+    )
+    if x_test is not None:
+        x_test, y_test = on_mesh((x_test, y_test))
+    report_fn = jax.jit(diagnostics.gradient_report, static_argnums=(0, 1))
+    bar = tqdm(
+        total=epochs,
+        initial=first_epoch - 1,
+        desc="epochs",
+        unit="epoch",
+        dynamic_ncols=True,
+        disable=not progress,
+    )
     start = time.perf_counter()
+    checkpointed = first_epoch - 1 if run_dir is not None else None
 
     def finish(epoch, values, diverged_at, evals) -> bool:
         """Read one epoch's results on the host; True when training has diverged."""
@@ -497,9 +746,10 @@ def fit(
             _record(records, "eval_epoch", epoch)
             for name, value in evals.items():
                 _record(records, name, float(value))
+        elapsed = time.perf_counter() - start
         bar.set_postfix(
             loss=f"{history['loss'][-1]:.4g}",
-            steps_per_s=f"{epoch * schedule.steps / (time.perf_counter() - start):.0f}",
+            steps_per_s=f"{(epoch - first_epoch + 1) * schedule.steps / elapsed:.0f}",
         )
         bar.update(1)
         return False
@@ -511,22 +761,65 @@ def fit(
                 return True
         return False
 
+    writer = (
+        _CheckpointWriter(run_dir, fingerprint)
+        if run_dir is not None and jax.process_index() == 0
+        else None
+    )
+    key_data = np.asarray(jax.random.key_data(shuffle_key)) if writer is not None else None
+
+    def checkpoint(epoch: int, params, opt_state, diverged_at) -> None:
+        """Hand a host snapshot of the state after ``epoch`` to the background writer.
+
+        ``history`` and ``records`` must hold epochs up to ``epoch`` and no further.
+        """
+        nonlocal checkpointed
+        if writer is not None:
+            trees = {
+                "params": params,
+                "opt_state": opt_state,
+                "state": {
+                    "epoch": np.int64(epoch),
+                    "diverged_at": diverged_at,
+                    "shuffle_key": key_data,
+                },
+            }
+            # The lists only grow: shallow copies fix them at this epoch, and the
+            # writer turns them into arrays only for the snapshots it writes.
+            lists = (
+                {k: list(v) for k, v in history.items()},
+                {k: list(v) for k, v in records.items()},
+            )
+            writer.submit(epoch, (_host_copy(trees), lists), {"diverged": diverged})
+        checkpointed = epoch
+
+    def finish_pending(pending, *, write: bool = True) -> bool:
+        """Read a dispatched block's results, then write its checkpoint if it ends on one."""
+        first, count, values, block_diverged_at, evals, saved = pending
+        if finish_block(first, count, values, block_diverged_at, evals):
+            return True
+        if write and saved is not None:
+            checkpoint(first + count - 1, *saved, block_diverged_at)
+        return False
+
     # Epochs run in blocks of up to `block` per jitted call (a scan over epochs),
     # ending on every epoch where the host has work (evaluation, diagnostics, a
-    # callback). Block b+1 is dispatched before block b's results are read, so
-    # the host's bookkeeping overlaps the device's work. The divergence flag
-    # travels on the device: steps after a divergence are not applied, and the
-    # params stay the last finite ones.
-    diverged_at = jnp.asarray(-1, jnp.int32)
+    # callback, a checkpoint). Block b+1 is dispatched before block b's results are
+    # read, so the host's bookkeeping overlaps the device's work. The divergence
+    # flag travels on the device: steps after a divergence are not applied, and
+    # the params stay the last finite ones. A checkpoint does not stop that
+    # pipeline: the block's params and state are copied on the device (the next
+    # block donates them) and written once the block's results have been read.
     pending = None
-    epoch = 1
+    epoch = first_epoch
     try:
         while epoch <= epochs:
             count = min(block, epochs - epoch + 1)
             last = epoch + count - 1
+            first = on_mesh(jnp.asarray(epoch, jnp.int32))
             params, opt_state, values, diverged_at = _make_epochs(
-                model, loss, tx, grad, schedule, count
-            )(params, opt_state, x, y, shuffle_key, jnp.asarray(epoch, jnp.int32), diverged_at)
+                model, loss, tx, grad, schedule, count, mesh
+            )(params, opt_state, x, y, shuffle_key, first, diverged_at)
             evals = None
             if eval_every and last % eval_every == 0:  # dispatched now, read later
                 evals = {}
@@ -534,29 +827,271 @@ def fit(
                     if xs is not None:
                         for name, value in _evaluate(model, loss, params, xs, ys).items():
                             evals[f"{prefix}_{name}"] = value
-            if pending is not None and finish_block(*pending):
+            saved = None
+            if checkpoint_every and last % checkpoint_every == 0:
+                saved = _device_copy((params, opt_state))
+            if pending is not None and finish_pending(pending):
                 pending = None
                 break
-            pending = (epoch, count, values, diverged_at, evals)
+            pending = (epoch, count, values, diverged_at, evals, saved)
             epoch = last + 1
             host_work = (diagnostics_every and last % diagnostics_every == 0) or (
                 callback is not None and last % callback_every == 0
             )
             if host_work:
-                done, pending = finish_block(*pending), None
+                done, pending = finish_pending(pending, write=False), None
                 if done:
                     break
             if diagnostics_every and last % diagnostics_every == 0:
                 _record(records, "diagnostics_epoch", last)
                 for name, value in report_fn(model, loss, params, x, y).items():
                     _record(records, f"diagnostics/{name}", np.asarray(value))
+            if host_work and saved is not None:  # after the diagnostics it must hold
+                checkpoint(last, *saved, diverged_at)
             if callback is not None and last % callback_every == 0:
                 callback(last, params, opt_state, _as_arrays(history, records))
         if pending is not None:
-            finish_block(*pending)
+            finish_pending(pending)
+        if run_dir is not None:
+            reached = history["epoch"][-1] if history["epoch"] else first_epoch - 1
+            if reached != checkpointed or diverged is not None:
+                checkpoint(int(reached), params, opt_state, diverged_at)
     finally:
         bar.close()
+        if writer is not None:  # also on Ctrl-C: the last snapshot reaches the disk
+            writer.close()
     return FitResult(params, opt_state, _as_arrays(history, records), diverged)
+
+
+def _check_schedule(schedule: _Schedule, n: int, mesh: Mesh | None) -> None:
+    """Every batch of the epoch must split evenly over the mesh's data axis."""
+    d = _shards(mesh)
+    if d == 1 or (schedule.size % d == 0 and schedule.rest % d == 0):
+        return
+    if schedule.size == n:
+        raise ValueError(
+            f"batch_size: expected full-batch steps whose n = {n} training examples split "
+            f"evenly over the {d} devices of mesh axis {DATA_AXIS!r}, got n % {d} = {n % d}. "
+            f"Drop {n % d} examples or use another mesh."
+        )
+    raise ValueError(
+        f"batch_size: expected a batch size B such that B and the last batch r = n mod B "
+        f"are multiples of the {d} devices of mesh axis {DATA_AXIS!r} (each step's batch "
+        f"is split evenly over them), got B = {schedule.size} and, with n = {n} training "
+        f"examples, r = {schedule.rest}. Choose B and n (e.g. drop examples) so that both "
+        f"are multiples of {d}."
+    )
+
+
+def _check_key(key) -> None:
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype is not None and not typed and dtype == np.uint32 and shape == (2,)
+    if not isinstance(key, jax.Array) or not ((typed and shape == ()) or raw):
+        got = f"dtype {dtype} and shape {shape}" if dtype is not None else type(key).__name__
+        raise ValueError(f"key: expected one PRNG key, e.g. jax.random.key(0), got {got}.")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@jax.jit
+def _device_copy(tree: Any) -> Any:
+    """A copy on the device in one dispatch (the next block donates the original buffers)."""
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _host_copy(tree: Any) -> Any:
+    """NumPy copies of the leaves (a replicated array on several processes: the local copy).
+
+    Taken before the next block runs, since that block donates the params and
+    state buffers.
+    """
+
+    def one(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        return np.array(leaf)
+
+    return jax.tree.map(one, tree)
+
+
+class _CheckpointWriter:
+    """Writes :func:`gdjax.runs.save_checkpoint` on a background thread, newest first.
+
+    Training does not wait for the disk: ``submit`` hands over a host snapshot
+    and returns. One write runs at a time; a snapshot submitted while one runs
+    waits, and a newer one replaces it (the skipped checkpoint is older than
+    what will be on disk a moment later). After a write that took w seconds the
+    next starts no sooner than ``BUSY_FRACTION⁻¹ · w`` after it began, so the
+    writer keeps a core busy at most that fraction of the time however short
+    the epochs. ``close`` writes the last snapshot at once, waits for it, and
+    re-raises a write error. The disk always holds the last *completed*
+    checkpoint (``save_checkpoint`` is atomic), so a killed process resumes from
+    there (at most a few writes' time behind), and resuming from any checkpoint
+    gives the same params bit for bit.
+    """
+
+    BUSY_FRACTION = 0.1
+
+    def __init__(self, run_dir: Path, fingerprint: dict[str, Any]) -> None:
+        self._run_dir, self._fingerprint = run_dir, fingerprint
+        self._cond = threading.Condition()
+        self._waiting: tuple[int, Any, dict[str, Any]] | None = None
+        self._closed = False
+        self._error: BaseException | None = None
+        self.written: list[int] = []
+        self.skipped: list[int] = []
+        self._thread = threading.Thread(target=self._run, name="gdjax-checkpoint", daemon=True)
+        self._thread.start()
+
+    def submit(self, step: int, trees: Any, info: dict[str, Any]) -> None:
+        with self._cond:
+            self._raise()
+            if self._waiting is not None:
+                self.skipped.append(self._waiting[0])
+            self._waiting = (step, trees, info)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        not_before = 0.0
+        while True:
+            with self._cond:
+                while not self._closed and (self._waiting is None or time.monotonic() < not_before):
+                    pause = None if self._waiting is None else not_before - time.monotonic()
+                    self._cond.wait(pause)
+                if self._waiting is None:
+                    return
+                (step, (trees, lists), info), self._waiting = self._waiting, None
+            start = time.monotonic()
+            try:
+                trees = {**trees, "history": _as_arrays(*lists)}
+                runs.save_checkpoint(
+                    self._run_dir, step=step, trees=trees, fingerprint=self._fingerprint, info=info
+                )
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                with self._cond:
+                    self._error = e
+                return
+            self.written.append(step)
+            not_before = start + (time.monotonic() - start) / self.BUSY_FRACTION
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _tree_sha256(tree) -> str:
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if runs._is_key_array(leaf):
+            leaf = jax.random.key_data(leaf)
+        arr = np.asarray(jax.device_get(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _describe_value(v) -> Any:
+    if callable(v):
+        return f"<callable {getattr(v, '__qualname__', type(v).__name__)}>"
+    if isinstance(v, np.ndarray | jax.Array | np.generic):
+        return np.asarray(v).tolist()
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return repr(v)
+    return v
+
+
+def _fingerprint(
+    *,
+    model,
+    loss,
+    optimizer,
+    hyperparams,
+    tx,
+    params,
+    grad,
+    data,
+    batch_size,
+    key,
+    params_given,
+    state_given,
+    intervals,
+) -> dict[str, Any]:
+    """What determines the trajectory of a :func:`fit` run, as JSON (hashes for arrays)."""
+    try:
+        model_desc: Any = runs.model_to_dict(model)
+    except ValueError:  # a custom activation: its name is all we can record
+        model_desc = repr(model)
+    if isinstance(optimizer, str):
+        opt_desc: Any = {
+            "name": optimizer,
+            "hyperparams": {k: _describe_value(v) for k, v in sorted(hyperparams.items())},
+        }
+    else:  # an optax transformation: only its state's structure can be compared
+        opt_desc = {"optax_state": str(jax.tree.structure(jax.eval_shape(tx.init, params)))}
+    names = ("x", "y", "x_test", "y_test")
+    return {
+        "model": model_desc,
+        "loss": loss.name,
+        "optimizer": opt_desc,
+        "grad": grad,
+        "batch_size": batch_size,
+        "data": {
+            name: None
+            if a is None
+            else {"shape": list(np.shape(a)), "dtype": str(a.dtype), "sha256": _tree_sha256(a)}
+            for name, a in zip(names, data, strict=True)
+        },
+        "key": _tree_sha256(key),
+        "params": None if params_given is None else _tree_sha256(params_given),
+        "opt_state": None if state_given is None else _tree_sha256(state_given),
+        **intervals,
+        "x64": bool(jax.config.read("jax_enable_x64")),
+    }
+
+
+def _check_fingerprint(run_dir: Path, stored: dict, current: dict) -> None:
+    current = json.loads(json.dumps(current))  # as stored: tuples become lists
+    diff = [k for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
+    if not diff:
+        return
+
+    def short(v) -> str:
+        text = json.dumps(v, sort_keys=True)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    details = "; ".join(
+        f"{k}: checkpoint {short(stored.get(k))}, now {short(current.get(k))}" for k in diff
+    )
+    raise ValueError(
+        f"run_dir: expected {run_dir} to hold a checkpoint of this training run (same "
+        f"config), or none, got one from a different config (differs in: {details}). Use "
+        f"another run_dir, or delete {run_dir / runs.CHECKPOINT_MANIFEST} and "
+        f"{run_dir / runs.CHECKPOINT_DIR} to start over."
+    )
+
+
+def _restore_history(saved: dict[str, Any]) -> tuple[dict[str, list], dict[str, list]]:
+    """The inverse of :func:`_as_arrays`: lists that training appends to."""
+    saved = {k: np.asarray(v) for k, v in saved.items()}
+    step_loss = saved.pop("step_loss")
+    history = {
+        "epoch": list(saved.pop("epoch")),
+        "loss": list(saved.pop("loss")),
+        "step_loss": [step_loss] if step_loss.size else [],
+    }
+    return history, {k: list(v) for k, v in saved.items()}
 
 
 def _divergence_message(epoch, global_step, schedule, step_losses, lr) -> str:
