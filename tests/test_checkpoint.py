@@ -138,7 +138,8 @@ def test_every_checkpoint_of_a_pipelined_run_resumes_bit_identical(tmp_path, mon
 def test_the_writer_keeps_the_newest_snapshot_and_reports_errors(tmp_path, monkeypatch):
     writes = []
     release = __import__("threading").Event()
-    empty = ({}, ({"epoch": [], "loss": [], "step_loss": []}, {}))
+    history = {"epoch": [], "loss": [], "step_loss": []}
+    empty = ({}, history, {}, ({k: 0 for k in history}, {}))
 
     def slow_save(run_dir, *, step, **kwargs):
         release.wait(5)

@@ -23,7 +23,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gdjax import MLP, backprop, backprop_with_deltas, gradcheck, losses, objective, train
+from gdjax import (
+    MLP,
+    backprop,
+    backprop_with_deltas,
+    curvature,
+    gradcheck,
+    landscape,
+    losses,
+    objective,
+    train,
+)
 
 MODEL = MLP((3, 4, 2), activation="tanh")
 N = 5
@@ -49,7 +59,7 @@ def expect_named_error(names, fn):
     with pytest.raises((ValueError, TypeError)) as info:
         fn()
     message = str(info.value)
-    assert re.match(rf"({'|'.join(map(re.escape, names))})\b", message), message
+    assert re.match(rf"({'|'.join(map(re.escape, names))})(?!\w)", message), message
 
 
 # ---------------------------------------------------------------- strategies
@@ -283,7 +293,7 @@ def test_gradient_report_refuses_bad_params(params):
 
 
 def _gradcheck_supported(params):
-    """check_grad validates structure and shapes; dtype and value gaps are listed below."""
+    """Structure and shape spoilage; dtype and value cases are the parametrized test below."""
     leaves = [np.asarray(a) for a in jax.tree.leaves(params)]
     return all(np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) for a in leaves)
 
@@ -296,7 +306,7 @@ def test_gradcheck_refuses_bad_params(params):
     expect_named_error(["params"], lambda: gradcheck.check_grad(f, params, X, Y_MSE))
 
 
-# Known gaps in gradcheck.py (not this suite author's file): strict xfails, so a fix shows up.
+# Found by this suite in gradcheck.py, fixed since: each once gave a raw error or a NaN report.
 GRADCHECK_GAPS = {
     "int params": ({"dtype": np.int32}, "raw jax.grad TypeError"),
     "NaN params": ({"value": np.nan}, "a NaN report, no error"),
@@ -308,8 +318,7 @@ GRADCHECK_GAPS = {
 
 
 @pytest.mark.parametrize("case", list(GRADCHECK_GAPS), ids=list(GRADCHECK_GAPS))
-@pytest.mark.xfail(strict=True, reason="gradcheck.check_grad does not validate this yet")
-def test_known_gaps_in_gradcheck(case):
+def test_gradcheck_refuses_bad_eps_and_params(case):
     spoil, _ = GRADCHECK_GAPS[case]
     params = good_params(np.float64)
     if "dtype" in spoil:
@@ -320,6 +329,83 @@ def test_known_gaps_in_gradcheck(case):
     name = "eps" if "eps" in spoil else "params"
     kwargs = {"eps": spoil["eps"]} if "eps" in spoil else {}
     expect_named_error([name], lambda: gradcheck.check_grad(f, params, X, Y_MSE, **kwargs))
+
+
+# ---------------------------------------------------------------- landscape and curvature
+
+F_MSE = objective(MODEL, "mse")
+
+
+def _spoiled_direction(draw):
+    """A params-shaped direction with one leaf spoiled: shape, dtype (complex too) or value."""
+    d = good_params()
+    layer, name = draw(st.integers(0, 1)), draw(st.sampled_from(["w", "b"]))
+    kind = draw(st.sampled_from(["shape", "dtype", "value", "missing"]))
+    if kind == "missing":
+        return d[:1]
+    if kind == "shape":
+        d[layer][name] = np.ones(
+            draw(bad_shapes.filter(lambda s: s != d[layer][name].shape)), np.float32
+        )
+    elif kind == "dtype":
+        d[layer][name] = d[layer][name].astype(draw(non_float))
+    else:
+        d[layer][name] = d[layer][name].copy()
+        d[layer][name].flat[0] = draw(non_finite)
+    return d
+
+
+@given(data=st.data(), which=st.sampled_from(["params", "d1", "d2", "x"]))
+def test_sweeps_refuse_bad_params_directions_and_data(data, which):
+    EXAMPLES["sweep_2d"] += 1
+    params, d1, d2, x = good_params(), good_params(), good_params(), X
+    if which == "params":
+        params = data.draw(spoiled_params())
+    elif which == "x":
+        x = X.copy()
+        x[0, 0] = data.draw(non_finite)
+    elif which == "d1":
+        d1 = _spoiled_direction(data.draw)
+    else:
+        d2 = _spoiled_direction(data.draw)
+    axis = np.linspace(-1, 1, 3)
+    # A sweep takes any f, so params' own structure is free: a params pytree that lost
+    # a layer is reported through the first direction that no longer matches it.
+    names = {"params": ["params", "d1"], "d1": ["d1"], "d2": ["d2"], "x": ["args[0]"]}
+    expect_named_error(
+        names[which], lambda: landscape.sweep_2d(F_MSE, params, d1, d2, axis, axis, x, Y_MSE)
+    )
+
+
+@given(data=st.data())
+def test_filter_normalisation_refuses_bad_params(data):
+    EXAMPLES["filter_normalized_direction"] += 1
+    params = good_params()
+    layer, name = data.draw(st.integers(0, 1)), data.draw(st.sampled_from(["w", "b"]))
+    if data.draw(st.booleans()):
+        params[layer][name] = params[layer][name].astype(data.draw(non_float))
+    else:
+        params[layer][name].flat[0] = data.draw(non_finite)
+    expect_named_error(
+        ["params"], lambda: landscape.filter_normalized_direction(jax.random.key(0), params)
+    )
+
+
+@given(data=st.data(), which=st.sampled_from(["v", "x"]))
+def test_hvp_and_trace_refuse_bad_vectors_and_data(data, which):
+    EXAMPLES["curvature"] += 1
+    params, v, x = good_params(), good_params(), X
+    if which == "v":
+        v = _spoiled_direction(data.draw)
+        expect_named_error(["v"], lambda: curvature.hvp(F_MSE, params, v, x, Y_MSE))
+    else:
+        x = X.copy()
+        x[data.draw(st.integers(0, N - 1)), 0] = data.draw(non_finite)
+        expect_named_error(["args[0]"], lambda: curvature.hvp(F_MSE, params, v, x, Y_MSE))
+        expect_named_error(
+            ["args[0]"],
+            lambda: curvature.trace(F_MSE, params, x, Y_MSE, key=jax.random.key(0), samples=2),
+        )
 
 
 def test_zz_report_example_count():

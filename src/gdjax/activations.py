@@ -63,7 +63,9 @@ def _sigmoid(z):
 
 
 def _sigmoid_deriv(z):
-    return jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
+    # σ(z)σ(−z) = e / (1 + e)² with e = e^{−|z|} ≤ 1: one exponential, every digit kept.
+    e = jnp.exp(-jnp.abs(z))
+    return e / jnp.square(1 + e)
 
 
 # tanh'(z) = 1 − tanh²(z) = 1/cosh²(z) = 4u / (1 + u)²,  u = e^{−2|z|}.

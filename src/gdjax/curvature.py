@@ -49,7 +49,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gdjax import losses
-from gdjax._checks import check_num_examples, check_positive_int, shape_of
+from gdjax._checks import check_finite, check_num_examples, check_positive_int, shape_of
 from gdjax.backprop import check_batch, objective
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
@@ -97,7 +97,15 @@ def _check_params(params: PyTree) -> int:
             raise ValueError(
                 f"params{jax.tree_util.keystr(path)}: expected a floating array, got {dtype}."
             )
+        check_finite(f"params{jax.tree_util.keystr(path)}", leaf)
     return _num_params(params)
+
+
+def _check_args(args: tuple) -> None:
+    """The data passed on to f: no NaN or ±Inf in a concrete floating array (x, y, …)."""
+    for i, arg in enumerate(args):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]:
+            check_finite(f"args[{i}]{jax.tree_util.keystr(path)}", leaf)
 
 
 def _check_like(name: str, tree: PyTree, params: PyTree) -> None:
@@ -116,6 +124,12 @@ def _check_like(name: str, tree: PyTree, params: PyTree) -> None:
                 f"{name}{jax.tree_util.keystr(path)}: expected shape {shape_of(p)} "
                 f"(the shape of params{jax.tree_util.keystr(path)}), got {shape_of(t)}."
             )
+        dtype = getattr(t, "dtype", None)
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)}: expected a floating array, got {dtype}."
+            )
+        check_finite(f"{name}{jax.tree_util.keystr(path)}", t)
 
 
 def _check_choice(name: str, value, choices: Sequence[str]) -> str:
@@ -183,6 +197,7 @@ def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> P
       Computation 6(1).
     """
     _check_like("v", v, params)
+    _check_args(args)
     return jax.jvp(lambda p: jax.grad(f)(p, *args), (params,), (v,))[1]
 
 
@@ -561,6 +576,7 @@ def top_eigenvalues(
       "PyHessian: neural networks through the lens of the Hessian".
     """
     n = _check_params(params)
+    _check_args(args)
     method = _check_choice("method", method, ("lanczos", "power"))
     if which is None:
         which = "largest" if method == "lanczos" else "magnitude"
@@ -668,6 +684,7 @@ def trace(
       matrix for Laplacian smoothing splines"; Avron & Toledo (2011).
     """
     _check_params(params)
+    _check_args(args)
     samples = check_positive_int("samples", samples)
     if samples < 2:
         raise ValueError(
@@ -873,6 +890,7 @@ def spectral_density(
       Quadrature with Applications* (2010).
     """
     n = _check_params(params)
+    _check_args(args)
     if lanczos_steps is None:
         lanczos_steps = min(90, n)
     steps = check_positive_int("lanczos_steps", lanczos_steps)
@@ -1085,6 +1103,7 @@ def taylor_step(
       occurs at the edge of stability".
     """
     _check_params(params)
+    _check_args(args)
     etas_np = np.asarray(etas)
     if etas_np.ndim != 1 or etas_np.size == 0 or not np.issubdtype(etas_np.dtype, np.number):
         raise ValueError(
@@ -1299,6 +1318,7 @@ def layer_curvature(
       to regularization", AAAI.
     """
     _check_params(params)
+    _check_args(args)
     if not isinstance(params, list | tuple) or not params:
         raise ValueError(
             f"params: expected a non-empty list of per-layer pytrees (as MLP.init makes), "
@@ -1660,6 +1680,7 @@ def newton_step(
       (Newton–CG); Martens (2010), "Deep learning via Hessian-free optimization".
     """
     n = _check_params(params)
+    _check_args(args)
     method = _check_choice("method", method, ("dense", "cg"))
     damping = _check_positive_float("damping", damping, allow_zero=True)
     tol = _check_positive_float("tol", tol)

@@ -18,6 +18,7 @@ in the Frobenius norm of each leaf, computed on the host in float64.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+
+from gdjax._checks import is_concrete
 
 __all__ = ["finite_difference_grad", "compare", "relative_error", "GradReport", "check_grad"]
 
@@ -56,6 +59,8 @@ def finite_difference_grad(
     Returns:
       A pytree shaped like ``params``.
     """
+    _check_eps(eps)
+    _check_float_params(params)
     flat, unravel = ravel_pytree(params)
     dtypes = sorted({str(jnp.result_type(p)) for p in jax.tree.leaves(params)})
     if flat.dtype != jnp.float64 or dtypes != ["float64"]:
@@ -169,5 +174,30 @@ def check_grad(
     Returns:
       A :class:`GradReport` of ``grad_fn`` against finite differences.
     """
+    _check_eps(eps)
+    _check_float_params(params)
     grad_fn = jax.grad(f) if grad_fn is None else grad_fn
     return compare(grad_fn(params, *args), finite_difference_grad(f, params, *args, eps=eps))
+
+
+def _check_eps(eps) -> None:
+    ok = isinstance(eps, int | float | np.integer | np.floating) and not isinstance(eps, bool)
+    if not ok or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps: expected a positive, finite relative step, got {eps!r}.")
+
+
+def _check_float_params(params: PyTree) -> None:
+    """Floating leaves with finite values (when concrete), named by their path in ``params``."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not leaves:
+        raise ValueError("params: expected a pytree with at least one array, got none.")
+    for path, leaf in leaves:
+        name = f"params{jax.tree_util.keystr(path)}"
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"{name}: expected a floating (float64) array, got dtype {dtype}.")
+        if is_concrete(leaf):
+            values = np.asarray(leaf)
+            if not np.all(np.isfinite(values)):
+                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite.")

@@ -769,9 +769,12 @@ def fit(
     key_data = np.asarray(jax.random.key_data(shuffle_key)) if writer is not None else None
 
     def checkpoint(epoch: int, params, opt_state, diverged_at) -> None:
-        """Hand a host snapshot of the state after ``epoch`` to the background writer.
+        """Hand the state after ``epoch`` to the background writer.
 
-        ``history`` and ``records`` must hold epochs up to ``epoch`` and no further.
+        ``params`` and ``opt_state`` must be buffers no later block donates (a
+        :func:`_device_copy`, or the final ones); ``history`` and ``records`` must
+        hold epochs up to ``epoch`` and no further. The lists only grow, so their
+        lengths now fix the snapshot: the writer copies to the host and slices.
         """
         nonlocal checkpointed
         if writer is not None:
@@ -784,13 +787,11 @@ def fit(
                     "shuffle_key": key_data,
                 },
             }
-            # The lists only grow: shallow copies fix them at this epoch, and the
-            # writer turns them into arrays only for the snapshots it writes.
-            lists = (
-                {k: list(v) for k, v in history.items()},
-                {k: list(v) for k, v in records.items()},
+            lengths = (
+                {k: len(v) for k, v in history.items()},
+                {k: len(v) for k, v in records.items()},
             )
-            writer.submit(epoch, (_host_copy(trees), lists), {"diverged": diverged})
+            writer.submit(epoch, (trees, history, records, lengths), {"diverged": diverged})
         checkpointed = epoch
 
     def finish_pending(pending, *, write: bool = True) -> bool:
@@ -828,8 +829,11 @@ def fit(
                         for name, value in _evaluate(model, loss, params, xs, ys).items():
                             evals[f"{prefix}_{name}"] = value
             saved = None
-            if checkpoint_every and last % checkpoint_every == 0:
-                saved = _device_copy((params, opt_state))
+            if writer is not None and checkpoint_every and last % checkpoint_every == 0:
+                # Copied (the next block donates the buffers) only when the writer would
+                # start on it at once: a busy writer makes this checkpoint a no-op.
+                if writer.ready():
+                    saved = _device_copy((params, opt_state))
             if pending is not None and finish_pending(pending):
                 pending = None
                 break
@@ -919,20 +923,23 @@ def _host_copy(tree: Any) -> Any:
 class _CheckpointWriter:
     """Writes :func:`gdjax.runs.save_checkpoint` on a background thread, newest first.
 
-    Training does not wait for the disk: ``submit`` hands over a host snapshot
-    and returns. One write runs at a time; a snapshot submitted while one runs
-    waits, and a newer one replaces it (the skipped checkpoint is older than
-    what will be on disk a moment later). After a write that took w seconds the
-    next starts no sooner than ``BUSY_FRACTION⁻¹ · w`` after it began, so the
-    writer keeps a core busy at most that fraction of the time however short
-    the epochs. ``close`` writes the last snapshot at once, waits for it, and
+    Training does not wait for the disk: ``submit`` hands over device arrays that
+    no later block donates, plus the history lists and their lengths, and
+    returns; the writer copies to the host and slices the lists itself. One
+    write runs at a time; a snapshot submitted while one runs waits, and a newer
+    one replaces it. After a write that took w seconds the next starts no sooner
+    than ``w / BUSY_FRACTION`` after it began, so the writer keeps a core busy
+    at most that fraction of the time however short the epochs; ``fit`` asks
+    :meth:`ready` and skips the device copy of a checkpoint the writer would
+    not start on. ``close`` writes the last snapshot at once, waits for it, and
     re-raises a write error. The disk always holds the last *completed*
     checkpoint (``save_checkpoint`` is atomic), so a killed process resumes from
-    there (at most a few writes' time behind), and resuming from any checkpoint
-    gives the same params bit for bit.
+    there (at most ``w / BUSY_FRACTION`` plus k epochs behind, about 0.2 s for
+    a small model), and resuming from any checkpoint gives the same params bit
+    for bit.
     """
 
-    BUSY_FRACTION = 0.1
+    BUSY_FRACTION = 0.05
 
     def __init__(self, run_dir: Path, fingerprint: dict[str, Any]) -> None:
         self._run_dir, self._fingerprint = run_dir, fingerprint
@@ -940,6 +947,8 @@ class _CheckpointWriter:
         self._waiting: tuple[int, Any, dict[str, Any]] | None = None
         self._closed = False
         self._error: BaseException | None = None
+        self._writing = False
+        self._not_before = 0.0
         self.written: list[int] = []
         self.skipped: list[int] = []
         self._thread = threading.Thread(target=self._run, name="gdjax-checkpoint", daemon=True)
@@ -953,19 +962,31 @@ class _CheckpointWriter:
             self._waiting = (step, trees, info)
             self._cond.notify()
 
+    def ready(self) -> bool:
+        """Whether a snapshot submitted now would be written at once (idle, not throttled)."""
+        with self._cond:
+            idle = self._waiting is None and not self._writing
+            return idle and time.monotonic() >= self._not_before
+
     def _run(self) -> None:
-        not_before = 0.0
         while True:
             with self._cond:
-                while not self._closed and (self._waiting is None or time.monotonic() < not_before):
-                    pause = None if self._waiting is None else not_before - time.monotonic()
+                while not self._closed and (
+                    self._waiting is None or time.monotonic() < self._not_before
+                ):
+                    pause = None if self._waiting is None else self._not_before - time.monotonic()
                     self._cond.wait(pause)
                 if self._waiting is None:
                     return
-                (step, (trees, lists), info), self._waiting = self._waiting, None
+                step, (trees, history, records, lengths), info = self._waiting
+                self._waiting, self._writing = None, True
             start = time.monotonic()
             try:
-                trees = {**trees, "history": _as_arrays(*lists)}
+                lists = tuple(
+                    {k: source[k][:n] for k, n in sizes.items()}
+                    for source, sizes in zip((history, records), lengths, strict=True)
+                )
+                trees = {**_host_copy(trees), "history": _as_arrays(*lists)}
                 runs.save_checkpoint(
                     self._run_dir, step=step, trees=trees, fingerprint=self._fingerprint, info=info
                 )
@@ -974,7 +995,9 @@ class _CheckpointWriter:
                     self._error = e
                 return
             self.written.append(step)
-            not_before = start + (time.monotonic() - start) / self.BUSY_FRACTION
+            with self._cond:
+                self._writing = False
+                self._not_before = start + (time.monotonic() - start) / self.BUSY_FRACTION
 
     def close(self) -> None:
         with self._cond:
