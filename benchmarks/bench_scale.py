@@ -117,7 +117,7 @@ def scale_section(quick: bool) -> list[dict]:
     checkpoint-every-epoch overhead on the digits run."""
     repeats = 1 if quick else 5
     rows = []
-    for k in DEVICE_COUNTS:
+    for k in DEVICE_COUNTS[:2] if quick else DEVICE_COUNTS:  # quick: 1 and 2 devices
         r = _worker(WORKER, k, quick, repeats)
         rows.append(
             {
