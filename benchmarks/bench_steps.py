@@ -108,10 +108,20 @@ def _bare_step(model: MLP, loss: str):
 # ---------------------------------------------------------------- torch variants
 
 
-def _torch_stepper(params, x, y, activation: str, loss: str, compiled: bool):
+def torch_device() -> str:
+    """``"cuda"`` when both torch and JAX see a GPU (so they share it), else ``"cpu"``."""
     import torch  # noqa: PLC0415 (optional dependency)
 
-    device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+    return "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+
+
+def torch_mlp(params, activation: str):
+    """A torch ``Sequential`` of ``Linear`` layers holding gdjax's params, on :func:`torch_device`.
+
+    gdjax's ``w^l`` is ``(n_l, n_{l-1})``, the layout of ``nn.Linear.weight``.
+    """
+    import torch  # noqa: PLC0415 (optional dependency)
+
     act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}[activation]
     layers: list[Any] = []
     for i, p in enumerate(params):
@@ -123,7 +133,14 @@ def _torch_stepper(params, x, y, activation: str, loss: str, compiled: bool):
         layers.append(linear)
         if i < len(params) - 1:
             layers.append(act())
-    net = torch.nn.Sequential(*layers).to(device)
+    return torch.nn.Sequential(*layers).to(torch_device())
+
+
+def _torch_stepper(params, x, y, activation: str, loss: str, compiled: bool):
+    import torch  # noqa: PLC0415 (optional dependency)
+
+    device = torch_device()
+    net = torch_mlp(params, activation)
     xt = torch.from_numpy(np.asarray(x).copy()).to(device)
     if loss == "softmax_cross_entropy":
         yt = torch.from_numpy(np.asarray(y).astype(np.int64)).to(device)

@@ -785,32 +785,19 @@ def _curvature_problem(ctx: Context):
 
 def _torch_on_gpu() -> bool:
     """Whether torch runs on CUDA here: only when JAX is on a GPU too, so both use one device."""
-    import torch  # noqa: PLC0415 (optional dependency)
+    from bench_steps import torch_device  # noqa: PLC0415
 
-    return bool(torch.cuda.is_available()) and jax.default_backend() == "gpu"
+    return torch_device() == "cuda"
 
 
 def _torch_copy(params, x, y):
-    """A torch ``Sequential`` of ``Linear``/``ReLU`` with gdjax's weights; inputs, labels, loss.
-
-    On the GPU when :func:`_torch_on_gpu` (inputs and labels too), else on the CPU.
-    """
+    """A torch copy of the relu MLP (``bench_steps.torch_mlp``), inputs, labels and loss."""
     import torch  # noqa: PLC0415 (optional dependency)
+    from bench_steps import torch_device, torch_mlp  # noqa: PLC0415
 
-    layers: list[Any] = []
-    for i, p in enumerate(params):
-        w = np.asarray(p["w"])
-        linear = torch.nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(w.copy()))
-            linear.bias.copy_(torch.from_numpy(np.asarray(p["b"]).copy()))
-        layers.append(linear)
-        if i < len(params) - 1:
-            layers.append(torch.nn.ReLU())
-    device = "cuda" if _torch_on_gpu() else "cpu"
-    net = torch.nn.Sequential(*layers).to(device)
-    inputs = torch.from_numpy(np.asarray(x).copy()).to(device)
-    targets = torch.from_numpy(np.asarray(y).astype(np.int64)).to(device)
+    net = torch_mlp(params, "relu")
+    inputs = torch.from_numpy(np.asarray(x).copy()).to(torch_device())
+    targets = torch.from_numpy(np.asarray(y).astype(np.int64)).to(torch_device())
     return net, inputs, targets, torch.nn.CrossEntropyLoss()
 
 

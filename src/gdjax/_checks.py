@@ -7,6 +7,8 @@ names the argument, what was expected and what was received.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +73,17 @@ def check_real_data(name: str, x) -> None:
     ):
         got = f"dtype {dtype}" if dtype is not None else type(x).__name__
         raise ValueError(f"{name}: expected a real (integer or floating) array, got {got}.")
+
+
+def check_finite_number(name: str, value, *, allow_zero: bool = False) -> float:
+    """A real, finite number, positive (or ≥ 0 with ``allow_zero``); bools refused."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float | np.integer | np.floating)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not ok:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}.")
+    return float(value)

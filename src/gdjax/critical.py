@@ -33,7 +33,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gdjax import curvature
-from gdjax._checks import check_positive_int
+from gdjax._checks import check_finite_number, check_positive_int
 
 __all__ = ["classify_critical_point", "CriticalPoint", "VERDICTS"]
 
@@ -73,19 +73,6 @@ class CriticalPoint(NamedTuple):
 def _grad_norm(f, params, args):
     flat, _ = ravel_pytree(jax.grad(f)(params, *args))
     return jnp.linalg.norm(flat)
-
-
-def _check_tol(name: str, value, *, allow_zero: bool = False) -> float:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float | np.integer | np.floating)
-        and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not ok:
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}.")
-    return float(value)
 
 
 def classify_critical_point(
@@ -164,11 +151,11 @@ def classify_critical_point(
             f"params: expected a pytree of floating arrays, got {jax.tree.map(jnp.shape, params)} "
             f"with dtypes {[jnp.result_type(leaf).name for leaf in leaves]}."
         )
-    grad_tol = _check_tol("grad_tol", grad_tol)
-    atol = _check_tol("atol", atol, allow_zero=True)
+    grad_tol = check_finite_number("grad_tol", grad_tol)
+    atol = check_finite_number("atol", atol, allow_zero=True)
     if rtol is None:
         rtol = math.sqrt(float(jnp.finfo(jnp.result_type(leaves[0])).eps))
-    rtol = _check_tol("rtol", rtol, allow_zero=True)
+    rtol = check_finite_number("rtol", rtol, allow_zero=True)
     runs = check_positive_int("runs", runs)
     if lanczos_steps is not None:
         lanczos_steps = check_positive_int("lanczos_steps", lanczos_steps)

@@ -49,7 +49,13 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gdjax import losses
-from gdjax._checks import check_finite, check_num_examples, check_positive_int, shape_of
+from gdjax._checks import (
+    check_finite,
+    check_finite_number,
+    check_num_examples,
+    check_positive_int,
+    shape_of,
+)
 from gdjax.backprop import check_batch, objective
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
@@ -136,19 +142,6 @@ def _check_choice(name: str, value, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}.")
     return value
-
-
-def _check_positive_float(name: str, value, *, allow_zero: bool = False) -> float:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float | np.integer | np.floating)
-        and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not ok:
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}.")
-    return float(value)
 
 
 def _check_key(key) -> None:
@@ -598,7 +591,7 @@ def top_eigenvalues(
         raise ValueError(
             f"max_iters: expected an integer in [k, n] = [{k}, {n}] for Lanczos, got {max_iters}."
         )
-    tol = _check_positive_float("tol", tol)
+    tol = check_finite_number("tol", tol)
     _check_key(key)
     if init is not None:
         _check_like("init", init, params)
@@ -902,7 +895,7 @@ def spectral_density(
     runs = check_positive_int("runs", runs)
     grid = _check_grid(grid)
     if sigma is not None:
-        sigma = _check_positive_float("sigma", sigma)
+        sigma = check_finite_number("sigma", sigma)
     distribution = _check_choice("distribution", distribution, ("rademacher", "gaussian"))
     batch_size = check_positive_int("batch_size", batch_size)
     _check_key(key)
@@ -1115,7 +1108,7 @@ def taylor_step(
         raise ValueError(
             f"etas: expected positive finite step sizes, got {float(bad)!r} among them."
         )
-    threshold = _check_positive_float("threshold", threshold)
+    threshold = check_finite_number("threshold", threshold)
     if lambda_max is not None:
         lambda_max = float(lambda_max)
     if direction is not None:
@@ -1330,7 +1323,7 @@ def layer_curvature(
         raise ValueError(
             f"samples: expected at least 2 (a standard error needs two), got {samples}."
         )
-    tol = _check_positive_float("tol", tol)
+    tol = check_finite_number("tol", tol)
     if max_iters is not None:
         max_iters = check_positive_int("max_iters", max_iters)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -1540,7 +1533,7 @@ def track_sharpness(
     model.check_input(x)
     check_num_examples(x, y)
     loss.check((shape_of(x)[0], model.sizes[-1]), y)
-    tol = _check_positive_float("tol", tol)
+    tol = check_finite_number("tol", tol)
     if max_iters is not None:
         max_iters = check_positive_int("max_iters", max_iters)
     if not isinstance(warm_start, bool):
@@ -1682,8 +1675,8 @@ def newton_step(
     n = _check_params(params)
     _check_args(args)
     method = _check_choice("method", method, ("dense", "cg"))
-    damping = _check_positive_float("damping", damping, allow_zero=True)
-    tol = _check_positive_float("tol", tol)
+    damping = check_finite_number("damping", damping, allow_zero=True)
+    tol = check_finite_number("tol", tol)
     if method == "dense":
         if cg_iters is not None:
             raise ValueError(f"cg_iters: expected None with method='dense', got {cg_iters!r}.")

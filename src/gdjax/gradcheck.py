@@ -18,7 +18,6 @@ in the Frobenius norm of each leaf, computed on the host in float64.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from gdjax._checks import is_concrete
+from gdjax._checks import check_finite_number, is_concrete
 
 __all__ = ["finite_difference_grad", "compare", "relative_error", "GradReport", "check_grad"]
 
@@ -59,7 +58,7 @@ def finite_difference_grad(
     Returns:
       A pytree shaped like ``params``.
     """
-    _check_eps(eps)
+    check_finite_number("eps", eps)
     _check_float_params(params)
     flat, unravel = ravel_pytree(params)
     dtypes = sorted({str(jnp.result_type(p)) for p in jax.tree.leaves(params)})
@@ -174,16 +173,10 @@ def check_grad(
     Returns:
       A :class:`GradReport` of ``grad_fn`` against finite differences.
     """
-    _check_eps(eps)
+    check_finite_number("eps", eps)
     _check_float_params(params)
     grad_fn = jax.grad(f) if grad_fn is None else grad_fn
     return compare(grad_fn(params, *args), finite_difference_grad(f, params, *args, eps=eps))
-
-
-def _check_eps(eps) -> None:
-    ok = isinstance(eps, int | float | np.integer | np.floating) and not isinstance(eps, bool)
-    if not ok or not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps: expected a positive, finite relative step, got {eps!r}.")
 
 
 def _check_float_params(params: PyTree) -> None:
