@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gdjax import MLP, distributed, landscape, objective, train
+from gdjax import MLP, distributed, landscape, objective, runs, train
 
 MODEL = MLP((3, 8, 2), activation="tanh")
 LOSS = "softmax_cross_entropy"
@@ -44,11 +44,13 @@ def steps(mesh=None):
     return params, metrics["loss"]
 
 
-def fit(mesh=None):
+def fit(mesh=None, run_dir=None):
     x, y, params, _, _ = problem()
+    checkpoints = {"run_dir": run_dir, "checkpoint_every": 1} if run_dir else {}
     return train.fit(
         MODEL, LOSS, "sgd", (x, y), epochs=3, batch_size=16, key=jax.random.key(0),
         params=params, mesh=mesh, eval_every=0, progress=False, learning_rate=0.3,
+        **checkpoints,
     )  # fmt: skip
 
 
@@ -80,6 +82,9 @@ result["step/loss"] = np.asarray(loss)
 fitted = t.fit(mesh)
 result.update({f"fit/{i}": np.asarray(p) for i, p in enumerate(jax.tree.leaves(fitted.params))})
 result["fit/step_loss"] = fitted.history["step_loss"]
+checkpointed = t.fit(mesh, run_dir=out + "/ckpt")
+leaves = jax.tree.leaves(checkpointed.params)
+result.update({f"ckpt/{i}": np.asarray(p) for i, p in enumerate(leaves)})
 result["sweep"] = t.sweep(out + "/sweep")
 np.savez(f"{out}/process{pid}.npz", **result)
 """
@@ -138,6 +143,21 @@ def test_two_processes_fit_like_one(two_processes):
         for i, leaf in enumerate(jax.tree.leaves(result.params)):
             np.testing.assert_allclose(r[f"fit/{i}"], leaf, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(r["fit/step_loss"], result.history["step_loss"], rtol=1e-12)
+
+
+def test_two_processes_checkpoint_a_fit_through_process_0(two_processes):
+    """fit(run_dir=..., checkpoint_every=1) on a global mesh: the same params as without
+    checkpoints on both processes, and one complete checkpoint of the last epoch on disk."""
+    out, results = two_processes
+    result = fit()
+    for r in results:
+        for i, leaf in enumerate(jax.tree.leaves(result.params)):
+            np.testing.assert_allclose(r[f"ckpt/{i}"], leaf, rtol=1e-12, atol=1e-14)
+    ckpt = runs.load_checkpoint(out / "ckpt", like={"opt_state": result.opt_state})
+    assert ckpt is not None and ckpt.step == 3
+    saved_leaves = jax.tree.leaves(ckpt.trees["params"])
+    for saved, leaf in zip(saved_leaves, jax.tree.leaves(result.params), strict=True):
+        np.testing.assert_allclose(saved, leaf, rtol=1e-12, atol=1e-14)
 
 
 def test_a_two_process_sweep_returns_the_full_grid_and_only_process_0_writes(two_processes):

@@ -829,10 +829,12 @@ def fit(
                         for name, value in _evaluate(model, loss, params, xs, ys).items():
                             evals[f"{prefix}_{name}"] = value
             saved = None
-            if writer is not None and checkpoint_every and last % checkpoint_every == 0:
+            if run_dir is not None and checkpoint_every and last % checkpoint_every == 0:
                 # Copied (the next block donates the buffers) only when the writer would
-                # start on it at once: a busy writer makes this checkpoint a no-op.
-                if writer.ready():
+                # start on it at once: a busy writer makes this checkpoint a no-op. With
+                # several processes every one must launch the same computations, so all
+                # copy at every checkpoint epoch and process 0 alone writes.
+                if jax.process_count() > 1 or writer.ready():
                     saved = _device_copy((params, opt_state))
             if pending is not None and finish_pending(pending):
                 pending = None
