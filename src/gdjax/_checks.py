@@ -87,3 +87,24 @@ def check_finite_number(name: str, value, *, allow_zero: bool = False) -> float:
         kind = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}.")
     return float(value)
+
+
+def check_float_tree(name: str, tree) -> None:
+    """At least one leaf; every leaf floating and (when concrete) finite, named by its path."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not leaves:
+        raise ValueError(f"{name}: expected a pytree of floating arrays, got no leaves.")
+    for path, leaf in leaves:
+        where = f"{name}{jax.tree_util.keystr(path)}"
+        dtype = dtype_of(leaf)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            got = dtype if dtype is not None else type(leaf).__name__
+            raise ValueError(f"{where}: expected a floating array, got {got}.")
+        check_finite(where, leaf)
+
+
+def check_finite_args(args: tuple) -> None:
+    """The data passed on to a user's ``f(params, *args)``: no NaN or ±Inf in ``args[i]``."""
+    for i, arg in enumerate(args):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]:
+            check_finite(f"args[{i}]{jax.tree_util.keystr(path)}", leaf)

@@ -50,8 +50,9 @@ from jax.flatten_util import ravel_pytree
 
 from gdjax import losses
 from gdjax._checks import (
-    check_finite,
+    check_finite_args,
     check_finite_number,
+    check_float_tree,
     check_num_examples,
     check_positive_int,
     shape_of,
@@ -94,24 +95,8 @@ def _num_params(params: PyTree) -> int:
 
 
 def _check_params(params: PyTree) -> int:
-    leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise ValueError(f"params: expected a pytree with at least one array leaf, got {params!r}.")
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        dtype = getattr(leaf, "dtype", np.asarray(leaf).dtype)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(
-                f"params{jax.tree_util.keystr(path)}: expected a floating array, got {dtype}."
-            )
-        check_finite(f"params{jax.tree_util.keystr(path)}", leaf)
+    check_float_tree("params", params)
     return _num_params(params)
-
-
-def _check_args(args: tuple) -> None:
-    """The data passed on to f: no NaN or ±Inf in a concrete floating array (x, y, …)."""
-    for i, arg in enumerate(args):
-        for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]:
-            check_finite(f"args[{i}]{jax.tree_util.keystr(path)}", leaf)
 
 
 def _check_like(name: str, tree: PyTree, params: PyTree) -> None:
@@ -130,12 +115,7 @@ def _check_like(name: str, tree: PyTree, params: PyTree) -> None:
                 f"{name}{jax.tree_util.keystr(path)}: expected shape {shape_of(p)} "
                 f"(the shape of params{jax.tree_util.keystr(path)}), got {shape_of(t)}."
             )
-        dtype = getattr(t, "dtype", None)
-        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(
-                f"{name}{jax.tree_util.keystr(path)}: expected a floating array, got {dtype}."
-            )
-        check_finite(f"{name}{jax.tree_util.keystr(path)}", t)
+    check_float_tree(name, tree)
 
 
 def _check_choice(name: str, value, choices: Sequence[str]) -> str:
@@ -190,7 +170,7 @@ def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> P
       Computation 6(1).
     """
     _check_like("v", v, params)
-    _check_args(args)
+    check_finite_args(args)
     return jax.jvp(lambda p: jax.grad(f)(p, *args), (params,), (v,))[1]
 
 
@@ -569,7 +549,7 @@ def top_eigenvalues(
       "PyHessian: neural networks through the lens of the Hessian".
     """
     n = _check_params(params)
-    _check_args(args)
+    check_finite_args(args)
     method = _check_choice("method", method, ("lanczos", "power"))
     if which is None:
         which = "largest" if method == "lanczos" else "magnitude"
@@ -677,7 +657,7 @@ def trace(
       matrix for Laplacian smoothing splines"; Avron & Toledo (2011).
     """
     _check_params(params)
-    _check_args(args)
+    check_finite_args(args)
     samples = check_positive_int("samples", samples)
     if samples < 2:
         raise ValueError(
@@ -883,7 +863,7 @@ def spectral_density(
       Quadrature with Applications* (2010).
     """
     n = _check_params(params)
-    _check_args(args)
+    check_finite_args(args)
     if lanczos_steps is None:
         lanczos_steps = min(90, n)
     steps = check_positive_int("lanczos_steps", lanczos_steps)
@@ -1096,7 +1076,7 @@ def taylor_step(
       occurs at the edge of stability".
     """
     _check_params(params)
-    _check_args(args)
+    check_finite_args(args)
     etas_np = np.asarray(etas)
     if etas_np.ndim != 1 or etas_np.size == 0 or not np.issubdtype(etas_np.dtype, np.number):
         raise ValueError(
@@ -1311,7 +1291,7 @@ def layer_curvature(
       to regularization", AAAI.
     """
     _check_params(params)
-    _check_args(args)
+    check_finite_args(args)
     if not isinstance(params, list | tuple) or not params:
         raise ValueError(
             f"params: expected a non-empty list of per-layer pytrees (as MLP.init makes), "
@@ -1673,7 +1653,7 @@ def newton_step(
       (Newton–CG); Martens (2010), "Deep learning via Hessian-free optimization".
     """
     n = _check_params(params)
-    _check_args(args)
+    check_finite_args(args)
     method = _check_choice("method", method, ("dense", "cg"))
     damping = check_finite_number("damping", damping, allow_zero=True)
     tol = check_finite_number("tol", tol)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from gdjax._checks import check_finite_number, is_concrete
+from gdjax._checks import check_finite_number, check_float_tree
 
 __all__ = ["finite_difference_grad", "compare", "relative_error", "GradReport", "check_grad"]
 
@@ -59,7 +59,7 @@ def finite_difference_grad(
       A pytree shaped like ``params``.
     """
     check_finite_number("eps", eps)
-    _check_float_params(params)
+    check_float_tree("params", params)
     flat, unravel = ravel_pytree(params)
     dtypes = sorted({str(jnp.result_type(p)) for p in jax.tree.leaves(params)})
     if flat.dtype != jnp.float64 or dtypes != ["float64"]:
@@ -174,23 +174,6 @@ def check_grad(
       A :class:`GradReport` of ``grad_fn`` against finite differences.
     """
     check_finite_number("eps", eps)
-    _check_float_params(params)
+    check_float_tree("params", params)
     grad_fn = jax.grad(f) if grad_fn is None else grad_fn
     return compare(grad_fn(params, *args), finite_difference_grad(f, params, *args, eps=eps))
-
-
-def _check_float_params(params: PyTree) -> None:
-    """Floating leaves with finite values (when concrete), named by their path in ``params``."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    if not leaves:
-        raise ValueError("params: expected a pytree with at least one array, got none.")
-    for path, leaf in leaves:
-        name = f"params{jax.tree_util.keystr(path)}"
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"{name}: expected a floating (float64) array, got dtype {dtype}.")
-        if is_concrete(leaf):
-            values = np.asarray(leaf)
-            if not np.all(np.isfinite(values)):
-                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-                raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite.")

@@ -110,7 +110,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from gdjax import curvature, losses
-from gdjax._checks import check_finite, check_positive_int
+from gdjax._checks import check_finite, check_finite_args, check_positive_int
 from gdjax.backprop import check_batch
 from gdjax.losses import Loss
 from gdjax.mlp import MLP
@@ -204,13 +204,6 @@ def _check_params(name: str, params: PyTree) -> None:
                 f"{dtype if dtype is not None else type(leaf).__name__}."
             )
         check_finite(f"{name}{path}", leaf)
-
-
-def _check_args(args: tuple) -> None:
-    """The data passed on to f: no NaN or ±Inf in a concrete floating array (x, y, …)."""
-    for i, arg in enumerate(args):
-        for path, leaf in _paths(arg):
-            check_finite(f"args[{i}]{path}", leaf)
 
 
 def _check_axis(name: str, values) -> np.ndarray:
@@ -966,7 +959,7 @@ def _sweep(
             f"args: an MLPLoss is called as f(params, x, y), so the sweep expected the two "
             f"arguments x, y after the grid, got {len(args)}."
         )
-    _check_args(args)
+    check_finite_args(args)
     spec = _output_spec(f, params, args)
     names = list(spec) if isinstance(spec, dict) else [None]
     dtypes = spec if isinstance(spec, dict) else {None: spec}
