@@ -193,7 +193,7 @@ def _epoch_fn(model, tx, full: int, rest: int, source: str, guard: str | None):
         else:
             x, y, order = data
             if source == "perm+gather":
-                order = jax.random.permutation(key, x.shape[0])
+                order = gdjax.data.permutation(key, x.shape[0])
             cut = order[: full * BATCH].reshape(full, BATCH)
             carry, values = jax.lax.scan(lambda c, i: step(c, x[i], y[i]), carry, cut)
             last = (x[order[full * BATCH :]], y[order[full * BATCH :]])
@@ -468,15 +468,27 @@ def training(ctx: Context) -> list[Row]:
         note = f"6*n*sum(n_in*n_out) per epoch / epoch time / {peak:.0f} GFLOP/s"
         rows.append(Row("training", f"roofline: {name}", median(frac), "fraction", note, frac))
 
-    # What fit's epoch spends on its permutation of the n examples, alone.
-    permutation = jax.jit(jax.random.permutation, static_argnums=1)
-    jax.block_until_ready(permutation(jax.random.key(3), n))
-    perm_ms = [
-        1e3 * timed(lambda: [permutation(jax.random.key(3), n) for _ in range(50)]) / 50
-        for _ in range(max(3, ctx.repeats))
-    ]
-    note = f"jit(jax.random.permutation)(key, {n}), as in fit's epoch; 50 calls per repeat"
-    rows.append(Row("training", "permutation of n", median(perm_ms), "ms/epoch", note, perm_ms))
+    # What fit's epoch spends on its permutation of the n examples, alone, and what
+    # jax.random.permutation (two-operand sort) would spend, interleaved.
+    shufflers = {
+        "gdjax.data.permutation": jax.jit(gdjax.data.permutation, static_argnums=1),
+        "jax.random.permutation": jax.jit(jax.random.permutation, static_argnums=1),
+    }
+    perm_ms: dict[str, list[float]] = {name: [] for name in shufflers}
+    for fn in shufflers.values():
+        jax.block_until_ready(fn(jax.random.key(3), n))
+    for _ in range(max(3, ctx.repeats)):
+        for name, fn in shufflers.items():
+            calls = [jax.random.key(3)] * 50
+            perm_ms[name].append(1e3 * timed(lambda fn=fn, c=calls: [fn(k, n) for k in c]) / 50)
+    for name, ms in perm_ms.items():
+        note = f"jit({name})(key, {n}); 50 calls per repeat"
+        if name.startswith("gdjax"):
+            note += ", as in fit's epoch"
+        rows.append(Row("training", f"permutation of n: {name}", median(ms), "ms/epoch", note, ms))
+    ratio = paired_ratio(*perm_ms.values())
+    rows.append(Row("training", "permutation: gdjax / jax.random", median(ratio), "ratio",
+                    "single-operand packed-key sort vs sort_key_val", ratio))  # fmt: skip
     return rows
 
 

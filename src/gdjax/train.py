@@ -7,7 +7,7 @@ One step of gradient descent with an optax optimizer is
 
 :func:`make_step` returns that step as one jitted function whose params and
 optimizer-state buffers are donated. :func:`fit` runs whole epochs: each epoch
-draws a permutation of the n training examples with the key
+draws a permutation (:func:`gdjax.data.permutation`) of the n training examples with the key
 ``fold_in(key, epoch)``, cuts it into ⌊n/B⌋ batches of B examples that run
 inside one ``lax.scan``, then one last step on the r = n mod B remaining
 examples (a *ragged last batch*: its cost is the mean over those r examples, so
@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 from gdjax import diagnostics, losses, runs
 from gdjax._checks import check_num_examples, check_positive_int, is_concrete, shape_of
 from gdjax.backprop import backprop, check_batch, objective
+from gdjax.data import permutation
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
 
@@ -447,7 +448,7 @@ def _epoch_body(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule,
         return (params, opt_state, diverged_at, step + 1), value
 
     def epoch(params, opt_state, x, y, key, first_step, diverged_at):
-        perm = jax.random.permutation(key, x.shape[0])
+        perm = permutation(key, x.shape[0])
         carry = (params, opt_state, diverged_at, first_step)
         full = perm[: schedule.full * schedule.size].reshape(schedule.full, schedule.size)
         carry, values = jax.lax.scan(lambda c, idx: guarded_step(c, idx, x, y), carry, full)
