@@ -225,6 +225,46 @@ def test_lanczos_basis_padding_does_not_change_the_result(eig_problem, max_iters
     assert eig.eigenvalues[0] <= eigenvalues[-1] * (1 + 1e-12)
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("tol", [1e-2, 1e-3, 1e-5])
+def test_eigenvalue_criterion_meets_tol_with_fewer_products(eig_problem, seed, tol):
+    """criterion="eigenvalue": λ_max within tol (true error, from eigvalsh), sooner."""
+    f, params, args, _, eigenvalues = eig_problem
+    key = jax.random.key(10 + seed)
+    by_value = curvature.top_eigenvalues(
+        f, params, 1, *args, key=key, tol=tol, criterion="eigenvalue"
+    )
+    by_residual = curvature.top_eigenvalues(f, params, 1, *args, key=key, tol=tol)
+    lam = eigenvalues[-1]
+    assert by_value.converged and by_value.errors[0] <= tol * abs(by_value.eigenvalues[0])
+    assert abs(by_value.eigenvalues[0] - lam) <= tol * abs(lam)
+    # The estimate bounds the true error here (Ritz values approach λ_max from below).
+    assert abs(by_value.eigenvalues[0] - lam) <= by_value.errors[0] * (1 + 1e-9)
+    assert by_value.hvps <= by_residual.hvps
+    assert by_value.errors[0] <= by_value.residuals[0]
+
+
+def test_eigenvalue_criterion_saves_products_at_a_loose_tol(eig_problem):
+    f, params, args, _, eigenvalues = eig_problem
+    counts = {
+        criterion: curvature.top_eigenvalues(
+            f, params, 1, *args, key=jax.random.key(20), tol=1e-4, criterion=criterion
+        ).hvps
+        for criterion in ("residual", "eigenvalue")
+    }
+    print(f"\nλ_max to 1e-4: {counts}")
+    assert counts["eigenvalue"] < counts["residual"]
+
+
+def test_ritz_errors_use_the_gap_to_the_other_ritz_values():
+    theta = np.array([10.0, 4.0, 3.5])
+    residuals = np.array([0.1, 0.5, 2.0])
+    errors = curvature._ritz_errors(theta, residuals)
+    # θ_1: gap = min(6 − 0.5, 6.5 − 2) = 4.5, r²/gap = 0.01/4.5; θ_2, θ_3: gaps ≤ 0 → r.
+    assert_close(errors, [0.01 / 4.5, 0.5, 2.0], rtol=1e-15)
+    assert_close(curvature._ritz_errors(theta[:1], residuals[:1]), [0.1], rtol=0)
+
+
 def test_power_iteration_finds_lambda_max_with_more_products(eig_problem):
     f, params, args, _, eigenvalues = eig_problem
     lam_max = eigenvalues[np.argmax(np.abs(eigenvalues))]
@@ -688,6 +728,18 @@ BAD_CALLS = {
             TINY_F, TINY_PARAMS, 1, *TINY_ARGS, key=KEY, method="arnoldi"
         ),
         r"method: expected one of 'lanczos', 'power', got 'arnoldi'",
+    ),
+    "unknown criterion": (
+        lambda: curvature.top_eigenvalues(
+            TINY_F, TINY_PARAMS, 1, *TINY_ARGS, key=KEY, criterion="vector"
+        ),
+        r"criterion: expected one of 'residual', 'eigenvalue', got 'vector'",
+    ),
+    "power iteration with the eigenvalue criterion": (
+        lambda: curvature.top_eigenvalues(
+            TINY_F, TINY_PARAMS, 1, *TINY_ARGS, key=KEY, method="power", criterion="eigenvalue"
+        ),
+        r"criterion: power iteration knows no gap to the other eigenvalues",
     ),
     "power iteration for the algebraically largest": (
         lambda: curvature.top_eigenvalues(
