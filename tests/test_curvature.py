@@ -919,3 +919,30 @@ def test_bad_input_is_refused_before_compiling(case, compilations):
     with pytest.raises(ValueError, match=message):
         call()
     assert compilations.count == 0
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "gelu", "softplus"])
+def test_hvp_operator_equals_hvp_and_the_dense_hessian(activation, compilations):
+    _, f, params, x, y = make_problem(31, (3, 5, 4, 2), activation, batch=9)
+    h = dense_hessian(f, params, x, y)
+    product = curvature.hvp_operator(f, params, x, y)
+    vs = [
+        jax.tree.map(
+            lambda p, s=seed: jax.random.normal(jax.random.key(s), p.shape, p.dtype), params
+        )
+        for seed in range(3)
+    ]
+    got = [product(vs[0])]
+    compiled = compilations.count
+    got += [product(v) for v in vs[1:]]
+    assert compilations.count == compiled  # linearised once: later products reuse the kernel
+    for v, hv in zip(vs, got, strict=True):
+        assert jax.tree.structure(hv) == jax.tree.structure(params)
+        assert_close(flat(hv), flat(curvature.hvp(f, params, v, x, y)), rtol=1e-12)
+        assert_close(flat(hv), h @ flat(v), rtol=1e-10, atol=1e-12)
+
+
+def test_hvp_operator_refuses_a_v_of_another_structure():
+    product = curvature.hvp_operator(TINY_F, TINY_PARAMS, *TINY_ARGS)
+    with pytest.raises(ValueError, match=r"v: expected"):
+        product({"w": np.ones((2, 2))})

@@ -16,6 +16,9 @@ Every function takes the cost as ``f(params, *args)``, a scalar function of a
 params pytree, e.g. ``f = gdjax.objective(model, "mse")`` with ``args = (x, y)``.
 
 - :func:`hvp` — ``Hv`` by forward-over-reverse differentiation.
+- :func:`hvp_operator` — ``v ↦ Hv`` at a fixed θ, linearised once: each
+  product then costs about 1.6 gradients instead of 2.1 (every iterative
+  method below uses it).
 - :func:`gnvp` — the Gauss–Newton product ``Gv = JᵀH_out J v`` (the positive
   semi-definite part of H for mse and the cross-entropies).
 - :func:`top_eigenvalues` — the k largest (or largest-magnitude) eigenvalues
@@ -63,6 +66,7 @@ from gdjax.mlp import MLP, Params
 
 __all__ = [
     "hvp",
+    "hvp_operator",
     "gnvp",
     "top_eigenvalues",
     "Eigen",
@@ -260,6 +264,76 @@ def _flat_hvp(f, params, u, args):
     return ravel_pytree(hvp(f, params, unravel(u), *args))[0]
 
 
+def _flat_hvp_operator(f, params, args) -> jax.tree_util.Partial:
+    """``u ↦ Hu`` on flat vectors, linearised once at θ (see :func:`hvp_operator`).
+
+    A ``jax.tree_util.Partial`` whose leaves are the saved residuals, so it can be
+    returned from and passed to jitted functions without recompiling.
+    """
+    flat, unravel = ravel_pytree(params)
+
+    def flat_grad(u):
+        return ravel_pytree(jax.grad(f)(unravel(u), *args))[0]
+
+    return jax.linearize(flat_grad, flat)[1]
+
+
+_jit_flat_hvp_operator = jax.jit(_flat_hvp_operator, static_argnums=0)
+
+
+@jax.jit
+def _apply_operator(operator, u):
+    return operator(u)
+
+
+def hvp_operator(
+    f: Callable[..., jax.Array], params: PyTree, *args: Any
+) -> Callable[[PyTree], PyTree]:
+    """``v ↦ Hv`` at a fixed θ, with the parts that do not depend on v done once.
+
+    .. math::
+
+        v \\mapsto H v = \\frac{d}{dε} ∇C(θ + ε v)\\Big|_{ε=0}
+
+    is linear in v, and ``jax.linearize`` of ∇C at θ evaluates the forward and
+    backward passes once and keeps what the tangent needs (the activations
+    and the masks of the nonlinearities). Each product then costs only the
+    tangent's forward and backward passes: about 1.6 gradients on an MLP,
+    against about 2.1 for a one-off :func:`hvp` (which redoes the primal
+    passes); the same product, exactly. Use it for many products at one θ;
+    the saved values (a few activations per example and layer) stay in
+    memory while the function lives. Lanczos, power iteration, the trace
+    estimators and the Newton–CG solver here all use it.
+
+    Args:
+      f: scalar function ``f(params, *args)``.
+      params: θ.
+      *args: further arguments of ``f``, held fixed.
+
+    Returns:
+      A function of a params-shaped pytree v returning ``Hv``, equal to
+      ``hvp(f, params, v, *args)``.
+
+    Examples:
+      >>> f = lambda p: 0.5 * p["a"] ** 2 * p["b"]   # C = ½ a² b, H = [[b, a], [a, 0]]
+      >>> p = {"a": jnp.array(2.0), "b": jnp.array(3.0)}
+      >>> h = hvp_operator(f, p)
+      >>> hv = h({"a": jnp.array(1.0), "b": jnp.array(0.0)})
+      >>> float(hv["a"]), float(hv["b"])
+      (3.0, 2.0)
+    """
+    _check_params(params)
+    check_finite_args(args)
+    flat, unravel = ravel_pytree(params)
+    operator = _jit_flat_hvp_operator(f, params, args)
+
+    def product(v: PyTree) -> PyTree:
+        _check_like("v", v, params)
+        return unravel(_apply_operator(operator, ravel_pytree(v)[0].astype(flat.dtype)))
+
+    return product
+
+
 # ---------------------------------------------------------------- eigenvalues
 
 
@@ -322,23 +396,42 @@ def _project_out(q_mat: jax.Array, count: jax.Array, w: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, blocks, subtract, w)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def _lanczos_step(f, params, q_mat, j, beta_prev, args):
-    """One Lanczos step with full reorthogonalisation; rows of ``q_mat`` are q_0, q_1, …
+def _lanczos_update(q_mat, j, hq, beta_prev):
+    """From ``hq = H q_j``: α_j, β_j and q_{j+1} (row j + 1), fully reorthogonalised.
 
     Rows after ``j`` are zero; the projection reads rows q_0 … q_j only.
     """
     q = q_mat[j]
-    w = _flat_hvp(f, params, q, args) - beta_prev * q_mat[jnp.maximum(j - 1, 0)]
+    w = hq - beta_prev * q_mat[jnp.maximum(j - 1, 0)]
     alpha = jnp.vdot(q, w)
     w = w - alpha * q
-    # Classical Gram–Schmidt against every earlier vector, twice ("twice is enough").
+    # Classical Gram–Schmidt against every earlier vector; a second pass only when the
+    # first one cancelled more than 1 − 1/√2 of w's norm (the DGKS test: "twice is
+    # enough", and once is enough when little cancelled).
+    norm_before = jnp.linalg.norm(w)
     w = _project_out(q_mat, j + 1, w)
-    w = _project_out(q_mat, j + 1, w)
+    w = jax.lax.cond(
+        jnp.linalg.norm(w) < norm_before / math.sqrt(2),
+        lambda w: _project_out(q_mat, j + 1, w),
+        lambda w: w,
+        w,
+    )
     beta = jnp.linalg.norm(w)
     safe = jnp.where(beta > 0, beta, 1)
-    q_mat = q_mat.at[j + 1].set(jnp.where(beta > 0, w / safe, 0))
-    return q_mat, alpha, beta
+    q_next = jnp.where(beta > 0, w / safe, 0)
+    return q_mat.at[j + 1].set(q_next), q_next, alpha, beta
+
+
+# The host loop of top_eigenvalues: the product and the update are separate calls, so
+# the basis buffer can grow (recompiling only the update, not the product).
+_jit_lanczos_update = jax.jit(_lanczos_update, donate_argnums=0)
+_FIRST_ROWS = 2 * _BLOCK  # rows of the basis buffer at the start; doubled when full
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _grow(q_mat, rows):
+    """``q_mat`` with zero rows appended up to ``rows``."""
+    return jnp.zeros((rows, q_mat.shape[1]), q_mat.dtype).at[: q_mat.shape[0]].set(q_mat)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -390,8 +483,13 @@ def _lanczos(f, params, flat0, k, which, max_iters, tol, criterion, key, args) -
     n = flat0.size
     dtype = flat0.dtype
     eps = float(jnp.finfo(dtype).eps)
-    q_mat = jnp.zeros((_basis_rows(max_iters), n), dtype)
+    # Rows for q_0 … q_{max_iters}, allocated as needed: most calls stop long before
+    # max_iters, and zeroing the whole buffer up front would cost more than a step.
+    max_rows = _basis_rows(max_iters)
+    operator = _jit_flat_hvp_operator(f, params, args)
+    q_mat = jnp.zeros((min(_FIRST_ROWS, max_rows), n), dtype)
     q_mat, _ = _set_orthonormal(q_mat, 0, flat0)
+    q = q_mat[0]
     alphas: list[float] = []
     betas: list[float] = []  # betas[j] couples q_j and q_{j+1}; 0 after a restart
     block_start = 0  # first row of the current Krylov block (after the last restart)
@@ -401,7 +499,9 @@ def _lanczos(f, params, flat0, k, which, max_iters, tol, criterion, key, args) -
     theta = s = residuals = None
     converged = False
     for j in range(max_iters):
-        q_mat, alpha, beta = _lanczos_step(f, params, q_mat, j, beta, args)
+        if j + 1 == q_mat.shape[0]:
+            q_mat = _grow(q_mat, min(2 * q_mat.shape[0], max_rows))
+        q_mat, q, alpha, beta = _jit_lanczos_update(q_mat, j, _apply_operator(operator, q), beta)
         alpha, beta_f = float(alpha), float(beta)
         alphas.append(alpha)
         m = j + 1
@@ -418,6 +518,7 @@ def _lanczos(f, params, flat0, k, which, max_iters, tol, criterion, key, args) -
             restarts += 1
             r = jax.random.normal(jax.random.fold_in(key, restarts), (n,), dtype)
             q_mat, _ = _set_orthonormal(q_mat, m, r)
+            q = q_mat[m]
             beta = jnp.zeros((), dtype)
             betas.append(0.0)
             block_start = m
@@ -452,12 +553,12 @@ def _lanczos(f, params, flat0, k, which, max_iters, tol, criterion, key, args) -
     )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _power_step(f, params, found, v, args):
+@jax.jit
+def _power_step(operator, found, v):
     """One power-iteration step on the deflated ``P H P``, ``P = I − VVᵀ`` (V: found rows)."""
     v = v - found.T @ (found @ v)
     v = v / jnp.linalg.norm(v)
-    hv = _flat_hvp(f, params, v, args)
+    hv = operator(v)
     hv = hv - found.T @ (found @ hv)
     lam = jnp.vdot(v, hv)
     residual = jnp.linalg.norm(hv - lam * v)
@@ -467,6 +568,7 @@ def _power_step(f, params, found, v, args):
 def _power(f, params, flat0, k, max_iters, tol, key, args) -> Eigen:
     n, dtype = flat0.size, flat0.dtype
     found = jnp.zeros((k, n), dtype)
+    operator = _jit_flat_hvp_operator(f, params, args)
     values, residuals, hvps, converged = [], [], 0, True
     v = flat0
     for i in range(k):
@@ -474,7 +576,7 @@ def _power(f, params, flat0, k, max_iters, tol, key, args) -> Eigen:
             v = jax.random.normal(jax.random.fold_in(key, i), (n,), dtype)
         ok = False
         for _ in range(max_iters):
-            u, lam, res, v = _power_step(f, params, found, v, args)
+            u, lam, res, v = _power_step(operator, found, v)
             hvps += 1
             lam, res = float(lam), float(res)
             if res <= tol * abs(lam):
@@ -652,10 +754,11 @@ class TraceEstimate(NamedTuple):
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _hutchinson(f, params, key, samples, batch_size, args):
     flat, unravel = ravel_pytree(params)
+    operator = _flat_hvp_operator(f, params, args)
 
     def one(sample_key):
         v = jax.random.rademacher(sample_key, flat.shape, flat.dtype)
-        return jnp.vdot(v, _flat_hvp(f, params, v, args))
+        return jnp.vdot(v, operator(v))
 
     return jax.lax.map(one, jax.random.split(key, samples), batch_size=batch_size)
 
@@ -759,7 +862,7 @@ class SpectralDensity(NamedTuple):
 def _slq_lanczos(f, params, keys, steps, batch_size, gaussian, args):
     """α ``(runs, m)`` and β ``(runs, m − 1)`` of ``T_m`` from each key's start vector.
 
-    The Lanczos step (with full reorthogonalisation) is :func:`_lanczos_step`;
+    The Lanczos step (with full reorthogonalisation) is :func:`_lanczos_update`;
     when β collapses (an invariant subspace), the next vector is a random one
     orthogonal to the basis and that β is set to 0: ``T_m`` splits into blocks,
     and the nodes of the later blocks get weight 0.
@@ -767,6 +870,7 @@ def _slq_lanczos(f, params, keys, steps, batch_size, gaussian, args):
     flat, _ = ravel_pytree(params)
     n, dtype = flat.size, flat.dtype
     eps = jnp.finfo(dtype).eps
+    operator = _flat_hvp_operator(f, params, args)
 
     def one_run(key):
         start_key, restart_key = jax.random.split(key)
@@ -783,7 +887,7 @@ def _slq_lanczos(f, params, keys, steps, batch_size, gaussian, args):
         def step(j, state):
             q_mat, alphas, betas, scale = state
             beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0)
-            q_mat, alpha, beta = _lanczos_step(f, params, q_mat, j, beta_prev, args)
+            q_mat, _, alpha, beta = _lanczos_update(q_mat, j, operator(q_mat[j]), beta_prev)
             scale = jnp.maximum(scale, jnp.maximum(jnp.abs(alpha), beta))
             broke = (beta <= 1e3 * eps * scale) & (j + 1 < steps)
             q_mat = jax.lax.cond(broke, restart, lambda q, j: q, q_mat, j)
@@ -1257,9 +1361,10 @@ def _exact_trace(f, params, batch_size, args):
     """``tr H = Σ_i e_iᵀ H e_i`` over the standard basis: n Hessian-vector products."""
     flat, _ = ravel_pytree(params)
     n = flat.size
+    operator = _flat_hvp_operator(f, params, args)
 
     def diagonal_entry(i):
-        return _flat_hvp(f, params, jax.nn.one_hot(i, n, dtype=flat.dtype), args)[i]
+        return operator(jax.nn.one_hot(i, n, dtype=flat.dtype))[i]
 
     return jnp.sum(jax.lax.map(diagonal_entry, jnp.arange(n), batch_size=batch_size))
 
@@ -1614,8 +1719,10 @@ def _cg_newton(f, params, damping, max_iters, tol, args):
     flat, unravel = ravel_pytree(params)
     g = ravel_pytree(jax.grad(f)(params, *args))[0]
 
+    operator = _flat_hvp_operator(f, params, args)
+
     def matvec(u):
-        return _flat_hvp(f, params, u, args) + damping * u
+        return operator(u) + damping * u
 
     # Solve A p = b, b = −∇C, from p = 0:  r = b − Ap,  u the search direction.
     b = -g
