@@ -105,6 +105,31 @@ def _bare_step(model: MLP, loss: str):
     return jax.jit(step, donate_argnums=(0,))
 
 
+def _scan_stepper(model: MLP, loss: str, params, x_all, y_all, batches: int):
+    """``run(e)``: e epochs, each the bare step inside one ``lax.scan`` over ``batches``
+    pre-sliced batches; the floor any in-JAX training loop (``fit`` included) can
+    reach: no permutation, no gather, no guard, no host work between steps."""
+    f = gdjax.objective(model, loss)
+    xs = x_all.reshape(batches, -1, *x_all.shape[1:])
+    ys = y_all.reshape(batches, -1, *y_all.shape[1:])
+
+    def sgd(params, batch):
+        value, grads = jax.value_and_grad(f)(params, *batch)
+        return jax.tree.map(lambda p, g: p - LR * g, params, grads), value
+
+    epoch = jax.jit(lambda p: jax.lax.scan(sgd, p, (xs, ys)), donate_argnums=0)
+    state = [jax.tree.map(jnp.copy, params)]
+
+    def run(epochs: int) -> None:
+        p = state[0]
+        for _ in range(epochs):
+            p, _ = epoch(p)
+        jax.block_until_ready(p)
+        state[0] = p
+
+    return run
+
+
 # ---------------------------------------------------------------- torch variants
 
 
@@ -290,6 +315,8 @@ def steps_section(
         runners["bare"] = _jax_stepper(
             _bare_step(model, loss), jax.tree.map(jnp.copy, params), (), x, y
         )
+        scan_epochs = _scan_stepper(model, loss, params, x_all, y_all, fit_batches)
+        runners["scan"] = lambda steps, run=scan_epochs, b=fit_batches: run(steps // b)
         runners["numpy"] = _numpy_stepper(params, x, y, activation, loss)
         device = "-"
         if torch_version is not None:
@@ -300,7 +327,8 @@ def steps_section(
                 runners["torch.compile"], _ = _torch_stepper(
                     params, x, y, activation, loss, compiled=True
                 )
-        sizes_of = {variant: _calibrate(run, block_s) for variant, run in runners.items()}
+        sizes_of = {v: _calibrate(run, block_s) for v, run in runners.items() if v != "scan"}
+        sizes_of["scan"] = fit_batches * _calibrate(scan_epochs, block_s)  # whole epochs
         fit_run = _fit_stepper(model, loss, x_all, y_all, batch)
         e1, e2 = (1, 3) if quick else (2, 12)
         fit_run(e1), fit_run(e2)  # compile both block sizes
@@ -343,6 +371,8 @@ def steps_section(
         ratio("hand", "bare", "target <= 1.00 each, <= 0.95 median")
         ratio("hand", "auto", "hand backprop vs autodiff inside make_step")
         ratio("fit", "bare", "target <= 1.10 on (a)/(b); <= 0.25 on (d) (bare = Python loop)")
+        ratio("scan", "bare", "the floor for fit / bare: bare steps in lax.scan, pre-sliced")
+        ratio("fit", "scan", "fit's own cost: permutation, gather, guard, host work")
         ratio("hand", "torch eager", "target <= 0.67 (1.5x faster)")
         ratio("hand", "torch.compile", "target <= 1.00")
         ratio("hand", "numpy", "Nielsen's network.py, batched")
