@@ -184,3 +184,30 @@ def test_unknown_loss_lists_the_valid_names():
         "sigmoid_binary_cross_entropy or a Loss, got 'hinge'",
     ):
         losses.get("hinge")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["f64", "f32"])
+def test_tanh_derivative_given_the_output_is_exact_to_rounding(dtype):
+    """``tanh.derivative(z, tanh(z)) = u(1 + |a|)²`` (what backprop calls): a few ulp.
+
+    On the regimes of Z and a dense grid, relative to the float64 closed form, with
+    no absolute floor above the subnormals: every digit kept in saturation too.
+    """
+    grid = jnp.concatenate([Z, jnp.linspace(-30.0, 30.0, 2001, dtype=jnp.float64)]).astype(dtype)
+    got = np.asarray(activations.tanh.derivative(grid, jnp.tanh(grid)))
+    assert got.dtype == dtype
+    expected = np.array([REFERENCE_DERIV["tanh"](float(v)) for v in np.asarray(grid)])
+    info = jnp.finfo(dtype)
+    normal = expected >= float(info.tiny)
+    np.testing.assert_allclose(got[normal], expected[normal], rtol=8 * float(info.eps), atol=0)
+    np.testing.assert_allclose(got[~normal], expected[~normal], rtol=0, atol=float(info.tiny))
+
+
+@pytest.mark.parametrize("name", activations.names())
+def test_derivative_is_deriv_unless_a_form_with_the_output_is_given(name):
+    act = activations.get(name)
+    z = Z.astype(jnp.float32)
+    if act.deriv_with_output is None:
+        np.testing.assert_array_equal(act.derivative(z, act.fn(z)), act.deriv(z))
+    else:
+        assert name == "tanh"

@@ -4,7 +4,9 @@ The forward pass of layer l is ``a^l = σ(z^l)``; the backward pass needs
 ``σ'(z^l)`` in ``δ^l = ((w^{l+1})ᵀ δ^{l+1}) ⊙ σ'(z^l)``. Every activation here
 carries both, as plain element-wise functions of ``z``. The derivatives are
 written from their formulas, not by differentiating ``fn``; the tests check
-each one against ``jax.grad``.
+each one against ``jax.grad``. The backward pass has ``a^l = σ(z^l)`` at hand
+too, and an activation may use it (``deriv_with_output``): tanh'(z) =
+u(1 + |a|)² with u = e^{−2|z|} needs no division.
 
 Where a textbook formula loses digits to rounding (σ(z)(1 − σ(z)) and
 1 − tanh²(z) for large |z|, e^z − 1 + 1 for elu), the derivative is evaluated
@@ -42,6 +44,10 @@ class Activation:
       name: the registry name, e.g. ``"sigmoid"``.
       fn: ``z ↦ σ(z)``.
       deriv: ``z ↦ σ'(z)``, written by hand.
+      deriv_with_output: optional ``(z, a) ↦ σ'(z)`` given also ``a = σ(z)``, for
+        an activation whose derivative is cheaper with the value at hand (tanh);
+        it must be as accurate as ``deriv``. The backward pass, which has both,
+        calls :meth:`derivative`.
 
     Instances are frozen and hashable, so a model holding one can be a static
     argument of ``jax.jit``. Build your own with ``Activation(name, fn, deriv)``.
@@ -50,9 +56,18 @@ class Activation:
     name: str
     fn: ArrayFn = dataclasses.field(repr=False)
     deriv: ArrayFn = dataclasses.field(repr=False)
+    deriv_with_output: Callable[[jax.Array, jax.Array], jax.Array] | None = dataclasses.field(
+        default=None, repr=False
+    )
 
     def __call__(self, z: jax.Array) -> jax.Array:
         return self.fn(z)
+
+    def derivative(self, z: jax.Array, a: jax.Array) -> jax.Array:
+        """σ'(z), given also ``a = σ(z)``: ``deriv_with_output(z, a)`` if set, else ``deriv(z)``."""
+        if self.deriv_with_output is None:
+            return self.deriv(z)
+        return self.deriv_with_output(z, a)
 
 
 # σ(z) = 1 / (1 + e^{-z});  σ'(z) = σ(z)(1 − σ(z)) = σ(z)σ(−z).
@@ -74,6 +89,12 @@ def _sigmoid_deriv(z):
 def _tanh_deriv(z):
     u = jnp.exp(-2 * jnp.abs(z))
     return 4 * u / (1 + u) ** 2
+
+
+# With a = tanh(z) at hand: 1 + |a| = 2/(1 + u), so tanh'(z) = u(1 + |a|)², the same
+# value with no division and every digit kept (1 + |a| ∈ [1, 2] loses none).
+def _tanh_deriv_with_output(z, a):
+    return jnp.exp(-2 * jnp.abs(z)) * jnp.square(1 + jnp.abs(a))
 
 
 # relu(z) = max(z, 0);  relu'(z) = 1 if z > 0 else 0.
@@ -139,7 +160,7 @@ def _identity_deriv(z):
 
 
 sigmoid = Activation("sigmoid", _sigmoid, _sigmoid_deriv)
-tanh = Activation("tanh", jnp.tanh, _tanh_deriv)
+tanh = Activation("tanh", jnp.tanh, _tanh_deriv, _tanh_deriv_with_output)
 relu = Activation("relu", _relu, _relu_deriv)
 leaky_relu = Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv)
 softplus = Activation("softplus", _softplus, _sigmoid)

@@ -12,7 +12,8 @@ rows. Here ``δ^l`` is the matrix ``∂C/∂z^l`` of shape ``(batch, n_l)``: row
 derivative of the *batch* cost with respect to example x's pre-activation,
 which is 1/n times the seed's per-example δ^l_x (for one example they are the
 same). No JAX differentiation function is called: the only derivatives used
-are the hand-written ``Activation.deriv`` and ``Loss.grad``.
+are the hand-written ``Activation.derivative`` (σ'(z^l), given a^l too, which
+tanh uses to skip a division) and ``Loss.grad``.
 
 ``backprop`` works under ``jax.jit`` with ``model`` and ``loss`` static and
 returns the same pytree as ``jax.value_and_grad(objective(model, loss))``.
@@ -103,14 +104,16 @@ def backprop_with_deltas(
     deltas: list[jax.Array] = [None] * num_layers  # type: ignore[list-item]
     grads: Params = [None] * num_layers  # type: ignore[list-item]
     # δ^L = ∂C/∂a^L ⊙ σ'(z^L)
-    delta = loss.grad(acts[-1], y) * model.output_activation.deriv(zs[-1])
+    delta = loss.grad(acts[-1], y) * model.output_activation.derivative(zs[-1], acts[-1])
     for layer in reversed(range(num_layers)):
         deltas[layer] = delta
         # ∂C/∂w^l = (δ^l)ᵀ a^{l-1},  ∂C/∂b^l = Σ_x δ^l_x
         grads[layer] = {"w": delta.T @ acts[layer], "b": jnp.sum(delta, axis=0)}
         if layer > 0:
             # δ^{l-1} = (δ^l w^l) ⊙ σ'(z^{l-1})
-            delta = (delta @ params[layer]["w"]) * model.activation.deriv(zs[layer - 1])
+            delta = (delta @ params[layer]["w"]) * model.activation.derivative(
+                zs[layer - 1], acts[layer]
+            )
     return value, grads, deltas
 
 
