@@ -247,6 +247,7 @@ def test_a_diverging_learning_rate_stops_with_a_clear_message(key, eval_every):
             progress=False,
         )
     message = str(w[0].message)
+    assert w[0].filename == __file__  # the warning points at the call of fit
     assert "Last finite loss:" in message and "learning_rate=1000.0" in message
     assert result.diverged == message
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(result.params))

@@ -716,24 +716,29 @@ def fit(
     start = time.perf_counter()
     checkpointed = first_epoch - 1 if run_dir is not None else None
 
-    def finish(epoch, values, diverged_at, evals) -> bool:
-        """Read one epoch's results on the host; True when training has diverged."""
+    weights = np.full(schedule.steps, schedule.size, np.float64)  # examples per step
+    if schedule.rest:
+        weights[-1] = schedule.rest
+
+    def finish_block(first, count, values, diverged_at, evals) -> bool:
+        """Read a block's results (epochs first … first+count−1) on the host; True when
+        training has diverged. ``values`` holds every step's loss, one row per epoch."""
         nonlocal diverged
         values, diverged_at = np.asarray(values), int(diverged_at)
-        first = (epoch - 1) * schedule.steps
-        if 0 <= diverged_at < first:
-            return True  # diverged in an earlier epoch; this one applied no step
-        # A divergence in a later epoch of the same block leaves this one whole.
-        diverged_here = first <= diverged_at < first + schedule.steps
-        if diverged_here:  # steps after it were not applied: drop their losses
-            values = values[: diverged_at - first + 1]
-        weights = np.full(values.size, schedule.size, np.float64)
-        if schedule.rest and values.size == schedule.steps:
-            weights[-1] = schedule.rest
-        history["epoch"].append(epoch)
-        history["step_loss"].append(values)
-        history["loss"].append(float(np.average(values, weights=weights)))
-        if diverged_here:
+        start_step = (first - 1) * schedule.steps
+        if 0 <= diverged_at < start_step:
+            return True  # diverged in an earlier block; this one applied no step
+        # Epochs before a divergence in this block are whole; the later ones applied none.
+        whole = count if diverged_at < 0 else (diverged_at - start_step) // schedule.steps
+        history["epoch"].extend(range(first, first + whole))
+        history["step_loss"].extend(values[:whole])
+        history["loss"].extend(np.average(values[:whole], axis=1, weights=weights).tolist())
+        if whole < count:  # steps after the diverging one were not applied: drop their losses
+            epoch = first + whole
+            kept = values[whole, : diverged_at - (epoch - 1) * schedule.steps + 1]
+            history["epoch"].append(epoch)
+            history["step_loss"].append(kept)
+            history["loss"].append(float(np.average(kept, weights=weights[: kept.size])))
             diverged = _divergence_message(
                 epoch,
                 diverged_at,
@@ -741,25 +746,19 @@ def fit(
                 np.concatenate(history["step_loss"]),
                 _lr_description(optimizer, hyperparams),
             )
-            warnings.warn(diverged, DivergedWarning, stacklevel=3)
+            warnings.warn(diverged, DivergedWarning, stacklevel=4)
             return True
+        last = first + count - 1
         if evals is not None:
-            _record(records, "eval_epoch", epoch)
+            _record(records, "eval_epoch", last)
             for name, value in evals.items():
                 _record(records, name, float(value))
         elapsed = time.perf_counter() - start
         bar.set_postfix(
             loss=f"{history['loss'][-1]:.4g}",
-            steps_per_s=f"{(epoch - first_epoch + 1) * schedule.steps / elapsed:.0f}",
+            steps_per_s=f"{(last - first_epoch + 1) * schedule.steps / elapsed:.0f}",
         )
-        bar.update(1)
-        return False
-
-    def finish_block(first, count, values, diverged_at, evals) -> bool:
-        values = np.asarray(values)
-        for i in range(count):
-            if finish(first + i, values[i], diverged_at, evals if i == count - 1 else None):
-                return True
+        bar.update(count)
         return False
 
     writer = (
