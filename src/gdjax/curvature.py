@@ -257,15 +257,9 @@ def gnvp(
     return vjp(_loss_hessian_product(loss, out, y, jv))[0]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _flat_hvp(f, params, u, args):
-    """``Hu`` on flat vectors ``u`` (the layout of ``ravel_pytree(params)``)."""
-    _, unravel = ravel_pytree(params)
-    return ravel_pytree(hvp(f, params, unravel(u), *args))[0]
-
-
 def _flat_hvp_operator(f, params, args) -> jax.tree_util.Partial:
-    """``u ↦ Hu`` on flat vectors, linearised once at θ (see :func:`hvp_operator`).
+    """``u ↦ Hu`` on flat vectors ``u`` (the layout of ``ravel_pytree(params)``),
+    linearised once at θ (see :func:`hvp_operator`).
 
     A ``jax.tree_util.Partial`` whose leaves are the saved residuals, so it can be
     returned from and passed to jitted functions without recompiling.

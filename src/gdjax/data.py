@@ -290,8 +290,8 @@ _PACKED_MAX_BITS = 24
 def permutation(key: jax.Array, n: int) -> jax.Array:
     """A uniformly random permutation of 0 … n−1 (int32), drawn with ``key``.
 
-    The same distribution as :func:`jax.random.permutation`, and 2–10× faster on
-    XLA's CPU (which ``gdjax.fit`` runs once per epoch). Each round sorts one
+    The same distribution as :func:`jax.random.permutation`, and faster on XLA's
+    CPU (1.5× for 512 items, 4–5× for 60 000; ``gdjax.fit`` draws one per epoch). Each round sorts one
     uint32 array whose low b = ⌈log₂ n⌉ bits hold the position i and whose high
     32 − b bits are random,
 
