@@ -485,3 +485,12 @@ def test_permutation_refuses_a_bad_n(n):
 def test_permutation_refuses_a_bad_key():
     with pytest.raises(ValueError, match="key: expected a jax.random key"):
         data.permutation(0, 5)
+
+
+def test_permutation_falls_back_to_jax_above_the_packed_limit(monkeypatch):
+    """Past 2^_PACKED_MAX_BITS items too few random bits are left: jax.random.permutation."""
+    monkeypatch.setattr(data, "_PACKED_MAX_BITS", 4)  # so 20 items (5 bits) take the fallback
+    key = jax.random.key(9)
+    got = data.permutation(key, 20)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, jax.random.permutation(key, 20))
