@@ -291,9 +291,9 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
     """A uniformly random permutation of 0 … n−1 (int32), drawn with ``key``.
 
     The same distribution as :func:`jax.random.permutation`, and faster on XLA's
-    CPU (1.5× for 512 items, 4–5× for 60 000; ``gdjax.fit`` draws one per epoch). Each round sorts one
-    uint32 array whose low b = ⌈log₂ n⌉ bits hold the position i and whose high
-    32 − b bits are random,
+    CPU (1.5× for 512 items, 4–5× for 60 000; ``gdjax.fit`` draws one per
+    epoch). Each round sorts one uint32 array whose low b = ⌈log₂ n⌉ bits hold
+    the position i and whose high 32 − b bits are random,
 
         k_i = (r_i ≪ b) | i,   order = sort(k) & (2^b − 1),
 
