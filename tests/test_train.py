@@ -255,6 +255,88 @@ def test_a_diverging_learning_rate_stops_with_a_clear_message(key, eval_every):
     assert np.all(np.isfinite(result.history["step_loss"][:-1]))
 
 
+def _spy_on_blocks(monkeypatch, force_guard=False, fake_not_finite_once=False):
+    """Record the ``guard`` of every block function fit builds; optionally force the
+    guard on, or report the first unguarded block as not finite (a false alarm)."""
+    real = train._make_epochs
+    guards = []
+
+    def spy(model, loss, tx, grad, schedule, count, mesh=None, guard=True):
+        guard = guard or force_guard
+        guards.append(guard)
+        run = real(model, loss, tx, grad, schedule, count, mesh, guard)
+        if guard or not fake_not_finite_once or len(guards) > 1:
+            return run
+
+        def first_block_flagged(*args):
+            params, opt_state, values, _ = run(*args)
+            return params, opt_state, values, jnp.asarray(train.NOT_FINITE, jnp.int32)
+
+        return first_block_flagged
+
+    monkeypatch.setattr(train, "_make_epochs", spy)
+    return guards
+
+
+def _diverging_fit(key, **kwargs):
+    ds = data.linear_regression(key, n=100, d=5)
+    model = MLP((5, 1), output_activation="identity")
+    return train.fit(
+        model, "mse", "sgd", (ds.x, ds.y), epochs=80, key=key, learning_rate=1e3,
+        progress=False, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(eval_every=0), dict(eval_every=1, callback=lambda *a: None)],
+    ids=["pipelined blocks", "a block per epoch, read at once"],
+)  # fmt: skip
+def test_blocks_run_unguarded_and_a_diverged_one_is_replayed_guarded(key, monkeypatch, kwargs):
+    """Same result as guarding every step: the last finite params, history and message."""
+    guards = _spy_on_blocks(monkeypatch)
+    with pytest.warns(train.DivergedWarning):
+        got = _diverging_fit(key, **kwargs)
+    assert guards[0] is False and True in guards  # ran unguarded, replayed guarded
+    monkeypatch.undo()
+    _spy_on_blocks(monkeypatch, force_guard=True)
+    with pytest.warns(train.DivergedWarning):
+        want = _diverging_fit(key, **kwargs)
+    assert got.diverged == want.diverged
+    chex.assert_trees_all_equal(got.params, want.params)
+    chex.assert_trees_all_equal(got.opt_state, want.opt_state)
+    for name in want.history:
+        np.testing.assert_array_equal(got.history[name], want.history[name])
+
+
+def test_a_clean_run_never_builds_the_guarded_blocks(key, monkeypatch):
+    model, x, y = _small_problem(key)
+    guards = _spy_on_blocks(monkeypatch)
+    train.fit(model, "softmax_cross_entropy", "sgd", (x, y), **_fit_kwargs(epochs=5))
+    assert guards and not any(guards)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(eval_every=0), dict(eval_every=1, callback=lambda *a: None)],
+    ids=["pipelined blocks", "a block per epoch, read at once"],
+)  # fmt: skip
+def test_a_replay_that_stays_finite_goes_on_guarded_from_it(key, monkeypatch, kwargs):
+    """A flagged block whose guarded rerun is finite: training goes on from the rerun
+    (the block dispatched after the flagged one is dropped), as a guarded run would."""
+    model, x, y = _small_problem(key, n=40)
+    fit_kwargs = _fit_kwargs(epochs=70, batch_size=8, **kwargs)
+    guards = _spy_on_blocks(monkeypatch, fake_not_finite_once=True)
+    got = train.fit(model, "softmax_cross_entropy", "sgd", (x, y), **fit_kwargs)
+    replay = guards.index(True)  # after the flagged block (and the one dispatched after it)
+    assert replay in (1, 2) and not any(guards[:replay]) and all(guards[replay:])
+    assert got.diverged is None
+    monkeypatch.undo()
+    _spy_on_blocks(monkeypatch, force_guard=True)
+    want = train.fit(model, "softmax_cross_entropy", "sgd", (x, y), **fit_kwargs)
+    chex.assert_trees_all_equal(got.params, want.params)
+    for name in want.history:
+        np.testing.assert_array_equal(got.history[name], want.history[name])
+
+
 def test_callback_runs_every_k_epochs(key):
     model, x, y = _small_problem(key)
     seen = []
@@ -344,6 +426,7 @@ def _fit_kwargs(**overrides):
             r"y: expected integer labels in \[0, 1\] for 2 output units, got label 5",
         ),
         ("sgd", lambda x, y: "not data", {}, r"data: expected a gdjax.data.Dataset or a tuple"),
+        ("sgd", None, {"model": "an MLP"}, r"model: expected a gdjax.MLP, got str"),
     ],
     ids=[
         "unknown optimizer",
@@ -357,12 +440,15 @@ def _fit_kwargs(**overrides):
         "NaN in x",
         "label range",
         "not data",
+        "not a model",
     ],
 )
 def test_fit_rejects_bad_input_before_compiling(
     compilations, key, optimizer, data_fn, overrides, message
 ):
     model, x, y = _small_problem(key)
+    overrides = dict(overrides)
+    model = overrides.pop("model", model)
     batch = (x, y) if data_fn is None else data_fn(x, y)
     before = compilations.count
     with pytest.raises(ValueError, match=message):

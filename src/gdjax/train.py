@@ -422,8 +422,14 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def _epoch_body(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule, mesh=None):
-    """One epoch: permute, scan over full batches, one ragged step, finiteness guard.
+def _epoch_body(
+    model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule, mesh=None, guard=True
+):
+    """One epoch: permute, scan over full batches, one ragged step.
+
+    With ``guard``, a step whose loss or new params are not finite is not applied
+    and ``diverged_at`` records its global index; without it every step is applied
+    (the caller checks the block's end state and replays it guarded if needed).
 
     With a mesh, each batch ``x[idx]`` (gathered from the replicated data set)
     is constrained to be split by rows over ``"data"``; XLA partitions the step
@@ -440,6 +446,8 @@ def _epoch_body(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule,
         params, opt_state, diverged_at, step = carry
         xb, yb = rows(x, idx), rows(y, idx)
         new_params, new_state, value = _apply_step(grad_fn, tx, params, opt_state, xb, yb)
+        if not guard:
+            return (new_params, new_state, diverged_at, step + 1), value
         ok = (diverged_at < 0) & jnp.isfinite(value) & _all_finite(new_params)
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(ok, new, old), (new_params, new_state), (params, opt_state)
@@ -461,17 +469,32 @@ def _epoch_body(model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule,
     return epoch
 
 
+NOT_FINITE = -2
+"""``diverged_at`` of an unguarded block whose losses or end params are not all finite."""
+
+
 @functools.lru_cache(maxsize=32)
 def _make_epochs(
-    model: MLP, loss: Loss, tx, grad: GradMode, schedule: _Schedule, count: int, mesh=None
+    model: MLP,
+    loss: Loss,
+    tx,
+    grad: GradMode,
+    schedule: _Schedule,
+    count: int,
+    mesh=None,
+    guard: bool = True,
 ):
     """``count`` epochs in one jitted call: a ``lax.scan`` over epochs e, e+1, ….
 
     Epoch e shuffles with ``fold_in(shuffle_key, e)``, as a single-epoch call
     would. Cached on its (hashable, static) arguments, so a second ``fit`` with
     the same model, loss, optimizer and batch schedule reuses the compiled code.
+
+    Without ``guard`` no step checks anything; the block's ``diverged_at`` comes
+    back as :data:`NOT_FINITE` when a loss or an end param is not finite, and
+    ``fit`` then replays the block, guarded, from a copy of its inputs.
     """
-    epoch = _epoch_body(model, loss, tx, grad, schedule, mesh)
+    epoch = _epoch_body(model, loss, tx, grad, schedule, mesh, guard)
 
     def run(params, opt_state, x, y, shuffle_key, first_epoch, diverged_at):
         def body(carry, e):
@@ -486,6 +509,9 @@ def _make_epochs(
         (params, opt_state, diverged_at), values = jax.lax.scan(
             body, (params, opt_state, diverged_at), epochs
         )
+        if not guard:
+            finite = jnp.all(jnp.isfinite(values)) & _all_finite(params)
+            diverged_at = jnp.where(finite, diverged_at, NOT_FINITE)
         return params, opt_state, values, diverged_at
 
     if mesh is None:
@@ -584,6 +610,8 @@ def fit(
     Returns:
       A :class:`FitResult` ``(params, opt_state, history, diverged)``.
     """
+    if not isinstance(model, MLP):
+        raise ValueError(f"model: expected a gdjax.MLP, got {type(model).__name__}.")
     loss = losses.get(loss)
     epochs = check_positive_int("epochs", epochs)
     eval_every = _check_every("eval_every", eval_every)
@@ -628,6 +656,13 @@ def fit(
         if array is not None:
             _check_finite(f"data.{name}", array)
     _check_key(key)
+    # The data against the model (shapes, dtypes, label ranges) before anything
+    # compiles: params drawn here are checked as shapes (``eval_shape`` compiles nothing).
+    like = params if params is not None else jax.eval_shape(model.init, key)
+    check_batch(model, loss, like, x, y, finite_params=False)
+    if x_test is not None:
+        check_num_examples(x_test, y_test)
+        check_batch(model, loss, like, x_test, y_test, finite_params=False)
 
     init_key, shuffle_key = jax.random.split(key)
     params_given, state_given = params, opt_state
@@ -794,40 +829,68 @@ def fit(
             writer.submit(epoch, (trees, history, records, lengths), {"diverged": diverged})
         checkpointed = epoch
 
-    def finish_pending(pending, *, write: bool = True) -> bool:
-        """Read a dispatched block's results, then write its checkpoint if it ends on one."""
-        first, count, values, block_diverged_at, evals, saved = pending
+    def dispatch_evals(last: int, params) -> dict | None:
+        """Evaluation after epoch ``last`` if it is due: dispatched now, read later."""
+        if not (eval_every and last % eval_every == 0):
+            return None
+        evals = {}
+        for prefix, (xs, ys) in (("train", (x, y)), ("test", (x_test, y_test))):
+            if xs is not None:
+                for name, value in _evaluate(model, loss, params, xs, ys).items():
+                    evals[f"{prefix}_{name}"] = value
+        return evals
+
+    def finish_pending(pending, *, write: bool = True):
+        """Read a dispatched block's results, then write its checkpoint if it ends on one.
+
+        A block that ran unguarded and came back not finite is first run again,
+        guarded, from the copy of its inputs: its results, evaluation and
+        checkpoint are then those of the guarded run. Returns ``(diverged,
+        replayed, saved)``: ``replayed`` is the guarded run's ``(params,
+        opt_state, diverged_at)`` (None without a replay), ``saved`` the block's
+        checkpoint copy (of the guarded run's state after a replay).
+        """
+        first, count, values, block_diverged_at, evals, saved, inputs = pending
+        replayed = None
+        if inputs is not None and int(block_diverged_at) == NOT_FINITE:
+            guarded = _make_epochs(model, loss, tx, grad, schedule, count, mesh, True)
+            start, not_diverged = (on_mesh(jnp.asarray(v, jnp.int32)) for v in (first, -1))
+            p, s, values, block_diverged_at = guarded(
+                *inputs, x, y, shuffle_key, start, not_diverged
+            )
+            replayed = (p, s, block_diverged_at)
+            evals = None if evals is None else dispatch_evals(first + count - 1, p)
+            saved = None if saved is None else _device_copy((p, s))
         if finish_block(first, count, values, block_diverged_at, evals):
-            return True
+            return True, replayed, saved
         if write and saved is not None:
             checkpoint(first + count - 1, *saved, block_diverged_at)
-        return False
+        return False, replayed, saved
 
     # Epochs run in blocks of up to `block` per jitted call (a scan over epochs),
     # ending on every epoch where the host has work (evaluation, diagnostics, a
     # callback, a checkpoint). Block b+1 is dispatched before block b's results are
-    # read, so the host's bookkeeping overlaps the device's work. The divergence
-    # flag travels on the device: steps after a divergence are not applied, and
-    # the params stay the last finite ones. A checkpoint does not stop that
-    # pipeline: the block's params and state are copied on the device (the next
-    # block donates them) and written once the block's results have been read.
+    # read, so the host's bookkeeping overlaps the device's work. Blocks run with no
+    # per-step check; each returns whether its losses and end params are finite,
+    # and one that is not is replayed from a copy of its inputs with the per-step
+    # guard (steps after a divergence are not applied, the params stay the last
+    # finite ones), the block dispatched after it from its non-finite end is
+    # dropped, and the rest of training runs guarded. A checkpoint does not stop
+    # that pipeline: the block's params and state are copied on the device (the
+    # next block donates them) and written once the block's results have been read.
     pending = None
     epoch = first_epoch
+    guard = False
     try:
         while epoch <= epochs:
             count = min(block, epochs - epoch + 1)
             last = epoch + count - 1
             first = on_mesh(jnp.asarray(epoch, jnp.int32))
+            inputs = None if guard else _device_copy((params, opt_state))
             params, opt_state, values, diverged_at = _make_epochs(
-                model, loss, tx, grad, schedule, count, mesh
+                model, loss, tx, grad, schedule, count, mesh, guard
             )(params, opt_state, x, y, shuffle_key, first, diverged_at)
-            evals = None
-            if eval_every and last % eval_every == 0:  # dispatched now, read later
-                evals = {}
-                for prefix, (xs, ys) in (("train", (x, y)), ("test", (x_test, y_test))):
-                    if xs is not None:
-                        for name, value in _evaluate(model, loss, params, xs, ys).items():
-                            evals[f"{prefix}_{name}"] = value
+            evals = dispatch_evals(last, params)
             saved = None
             if run_dir is not None and checkpoint_every and last % checkpoint_every == 0:
                 # Copied (the next block donates the buffers) only when the writer would
@@ -836,16 +899,27 @@ def fit(
                 # copy at every checkpoint epoch and process 0 alone writes.
                 if jax.process_count() > 1 or writer.ready():
                     saved = _device_copy((params, opt_state))
-            if pending is not None and finish_pending(pending):
+            if pending is not None:
+                done, replayed, _ = finish_pending(pending)
+                if replayed is not None:  # the block just dispatched started from NaN/Inf
+                    params, opt_state, diverged_at = replayed
+                    guard, epoch = True, pending[0] + pending[1]
                 pending = None
-                break
-            pending = (epoch, count, values, diverged_at, evals, saved)
+                if done:
+                    break
+                if replayed is not None:
+                    continue
+            pending = (epoch, count, values, diverged_at, evals, saved, inputs)
             epoch = last + 1
             host_work = (diagnostics_every and last % diagnostics_every == 0) or (
                 callback is not None and last % callback_every == 0
             )
             if host_work:
-                done, pending = finish_pending(pending, write=False), None
+                done, replayed, saved = finish_pending(pending, write=False)
+                pending = None
+                if replayed is not None:
+                    params, opt_state, diverged_at = replayed
+                    guard = True
                 if done:
                     break
             if diagnostics_every and last % diagnostics_every == 0:
@@ -857,7 +931,9 @@ def fit(
             if callback is not None and last % callback_every == 0:
                 callback(last, params, opt_state, _as_arrays(history, records))
         if pending is not None:
-            finish_pending(pending)
+            _, replayed, _ = finish_pending(pending)
+            if replayed is not None:
+                params, opt_state, diverged_at = replayed
         if run_dir is not None:
             reached = history["epoch"][-1] if history["epoch"] else first_epoch - 1
             if reached != checkpointed or diverged is not None:
