@@ -659,10 +659,12 @@ def fit(
         if array is not None:
             _check_finite(f"data.{name}", array)
     _check_key(key)
-    # The data against the model (shapes, dtypes, label ranges) before anything
-    # compiles: params drawn here are checked as shapes (``eval_shape`` compiles nothing).
-    like = params if params is not None else jax.eval_shape(model.init, key)
-    check_batch(model, loss, like, x, y, finite_params=False)
+    # The data and the params against the model (shapes, dtypes, label ranges, finite
+    # values) before anything compiles: params that fit draws are checked as shapes
+    # (``eval_shape`` compiles nothing; the draw itself is finite).
+    given = params is not None
+    like = params if given else jax.eval_shape(model.init, key)
+    check_batch(model, loss, like, x, y, finite_params=given)
     if x_test is not None:
         check_num_examples(x_test, y_test)
         check_batch(model, loss, like, x_test, y_test, finite_params=False)
@@ -672,11 +674,8 @@ def fit(
     if params is None:
         params = model.init(init_key)
     x, y = jnp.asarray(x), jnp.asarray(y)
-    check_batch(model, loss, params, x, y)
     if x_test is not None:
         x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
-        check_num_examples(x_test, y_test)
-        check_batch(model, loss, params, x_test, y_test)
     # Work on copies: the epoch function donates its params and state buffers.
     params = jax.tree.map(jnp.array, params)
     opt_state = tx.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
