@@ -60,8 +60,12 @@ def _computations(hlo: str) -> dict[str, str]:
     return bodies
 
 
-def _opcodes(body: str) -> set[str]:
-    return set(re.findall(r"=\s*\S+\s+([a-z][\w\-]*)\(", body))
+_OPCODE = re.compile(r"=\s*\S+\s+([a-z][\w\-]*)\(")  # "%x = f32[8] exponential(" -> exponential
+
+
+def _opcodes(body: str) -> list[str]:
+    """The opcode of every instruction in ``body``, in order (with repeats)."""
+    return _OPCODE.findall(body)
 
 
 def kernel_classes(hlo: str) -> dict[str, str]:
@@ -76,7 +80,7 @@ def kernel_classes(hlo: str) -> dict[str, str]:
         ops = {opcode}
         called = re.search(r"calls=%?([\w.\-]+)", line)
         if called and called.group(1) in bodies:
-            ops |= _opcodes(bodies[called.group(1)])
+            ops |= set(_opcodes(bodies[called.group(1)]))
         if "dot" in ops or "custom-call" in ops or name.startswith("ynn_fusion"):
             classes[name] = "matmul"
         elif ops & set(TRANSCENDENTAL):
@@ -141,7 +145,7 @@ def profile_config(name: str, steps: int, rounds: int, trace_root: Path) -> list
         opt_state = init(params)
         hlo = step.lower(params, opt_state, x, y).compile().as_text()
         classes[variant] = kernel_classes(hlo)
-        ops[variant] = collections.Counter(re.findall(r"=\s*\S+\s+([a-z][\w\-]*)\(", hlo))
+        ops[variant] = collections.Counter(_opcodes(hlo))
         for _ in range(3):  # compile and warm up outside the trace
             params, opt_state, _ = step(params, opt_state, x, y)
         state[variant] = [params, opt_state]
