@@ -1096,7 +1096,7 @@ def steps(ctx: Context) -> list[Row]:
     """
     from bench_steps import steps_section  # noqa: PLC0415 (benchmarks/ is sys.path[0])
 
-    return _rows(steps_section(ctx.quick, ctx.repeats, ctx.shared.get("roofline_gflops")))
+    return _rows(steps_section(ctx.quick, ctx.repeats, roofline_size(ctx)))
 
 
 def memory(ctx: Context) -> list[Row]:
