@@ -6,7 +6,8 @@ carries both, as plain element-wise functions of ``z``. The derivatives are
 written from their formulas, not by differentiating ``fn``; the tests check
 each one against ``jax.grad``. The backward pass has ``a^l = σ(z^l)`` at hand
 too, and an activation may use it (``deriv_with_output``): tanh'(z) =
-u(1 + |a|)² with u = e^{−2|z|} needs no division.
+u(1 + |a|)² with u = e^{−2|z|} needs no division, and sigmoid'(z) = e^{−z}a²
+(z ≥ 0) reuses the exponential the forward pass computed σ(z) with.
 
 Where a textbook formula loses digits to rounding (σ(z)(1 − σ(z)) and
 1 − tanh²(z) for large |z|, e^z − 1 + 1 for elu), the derivative is evaluated
@@ -45,7 +46,7 @@ class Activation:
       fn: ``z ↦ σ(z)``.
       deriv: ``z ↦ σ'(z)``, written by hand.
       deriv_with_output: optional ``(z, a) ↦ σ'(z)`` given also ``a = σ(z)``, for
-        an activation whose derivative is cheaper with the value at hand (tanh);
+        an activation whose derivative is cheaper with the value at hand (tanh, sigmoid);
         it must be as accurate as ``deriv``. The backward pass, which has both,
         calls :meth:`derivative`.
 
@@ -81,6 +82,15 @@ def _sigmoid_deriv(z):
     # σ(z)σ(−z) = e / (1 + e)² with e = e^{−|z|} ≤ 1: one exponential, every digit kept.
     e = jnp.exp(-jnp.abs(z))
     return e / jnp.square(1 + e)
+
+
+# With a = σ(z) at hand: for z < 0, a < ½ and 1 − a keeps every digit, so σ' = a(1 − a);
+# for z ≥ 0, σ(−z) = e^{−z}σ(z), so σ' = e^{−z}a². Every digit kept on both sides, and
+# e^{−z} is the very exponential XLA evaluates σ(z) = 1/(1 + e^{−z}) with: in one jitted
+# step the forward and backward passes share it (one exponential per unit, as autodiff's
+# a(1 − a), instead of two). The min keeps the unused branch finite where e^{−z} overflows.
+def _sigmoid_deriv_with_output(z, a):
+    return jnp.where(z < 0, a * (1 - a), jnp.minimum(jnp.exp(-z), 1) * (a * a))
 
 
 # tanh'(z) = 1 − tanh²(z) = 1/cosh²(z) = 4u / (1 + u)²,  u = e^{−2|z|}.
@@ -159,7 +169,7 @@ def _identity_deriv(z):
     return jnp.ones_like(z)
 
 
-sigmoid = Activation("sigmoid", _sigmoid, _sigmoid_deriv)
+sigmoid = Activation("sigmoid", _sigmoid, _sigmoid_deriv, _sigmoid_deriv_with_output)
 tanh = Activation("tanh", jnp.tanh, _tanh_deriv, _tanh_deriv_with_output)
 relu = Activation("relu", _relu, _relu_deriv)
 leaky_relu = Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv)
