@@ -216,6 +216,21 @@ def test_derivative_given_the_output_is_exact_to_rounding(name, dtype, jit):
     np.testing.assert_allclose(got[~normal], expected[~normal], rtol=0, atol=4 * float(info.tiny))
 
 
+def test_sigmoid_derivative_given_the_output_has_no_infinite_intermediate():
+    """Under ``jax_debug_infs``, which checks every eagerly run op, sigmoid' of
+    saturated units (e^{−z} overflows for z < −88 in float32) raises nothing,
+    eagerly and jitted, and matches the overflow-free form."""
+    z = jnp.array([-1e3, -100.0, -89.0, 0.0, 3.0, 100.0], jnp.float32)
+
+    def derivative(z):
+        return activations.sigmoid.derivative(z, jax.nn.sigmoid(z))
+
+    with jax.debug_infs(True):
+        eager, jitted = derivative(z), jax.jit(derivative)(z)
+    for got in (eager, jitted):
+        np.testing.assert_allclose(got, activations.sigmoid.deriv(z), rtol=1e-6, atol=1e-37)
+
+
 @pytest.mark.parametrize("name", activations.names())
 def test_derivative_is_deriv_unless_a_form_with_the_output_is_given(name):
     act = activations.get(name)

@@ -89,7 +89,11 @@ def _sigmoid_deriv(z):
 # e^{−z} is the very exponential XLA evaluates σ(z) = 1/(1 + e^{−z}) with: in one jitted
 # step the forward and backward passes share it (one exponential per unit, as autodiff's
 # a(1 − a), instead of two). The min keeps the unused branch finite where e^{−z} overflows.
+# Evaluated eagerly (op by op) there is nothing to share, and the overflow itself would
+# trip jax_debug_infs, so concrete arrays take the overflow-free form e / (1 + e)².
 def _sigmoid_deriv_with_output(z, a):
+    if not isinstance(z, jax.core.Tracer):
+        return _sigmoid_deriv(z)
     return jnp.where(z < 0, a * (1 - a), jnp.minimum(jnp.exp(-z), 1) * (a * a))
 
 
