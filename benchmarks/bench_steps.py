@@ -289,7 +289,9 @@ def _matmul_stepper(n: int) -> Callable[[int], None]:
     matmul = jax.jit(jnp.matmul)
 
     def run(steps: int) -> None:
-        jax.block_until_ready([matmul(a, b) for _ in range(steps)])
+        for _ in range(steps):  # one stream: the last product finishes last
+            out = matmul(a, b)
+        out.block_until_ready()
 
     return run
 
@@ -309,7 +311,7 @@ def _fit_stepper(model, loss, x, y, batch):
 
 def _fit_extra_epochs(epoch_s: float, target_s: float) -> int:
     """E₂ − E₁ for ``fit(E₂) − fit(E₁)``: about ``target_s`` of training at ``epoch_s`` per
-    epoch (estimated from the bare step), at least 1. Past one block the count is a
+    epoch (estimated from a block of bare steps), at least 1. Past one block the count is a
     whole number of blocks of ``MAX_EPOCHS_PER_CALL`` epochs, so the difference is
     made of full blocks: a tiny model ((d): ~0.1 ms per epoch) runs thousands of
     epochs, so fit's per-call cost (checks, init, compile-cache lookups, the last
@@ -390,7 +392,10 @@ def steps_section(
             sizes_of["matmul"] = _calibrate(runners["matmul"], block_s)
         fit_run = _fit_stepper(model, loss, x_all, y_all, batch)
         e1 = 1 if quick else 2
-        e2 = e1 + _fit_extra_epochs(fit_batches * block_s / sizes_of["bare"], 3 * block_s)
+        start = time.perf_counter()  # one calibrated block of bare steps: their time per step
+        runners["bare"](sizes_of["bare"])
+        bare_s = (time.perf_counter() - start) / sizes_of["bare"]
+        e2 = e1 + _fit_extra_epochs(fit_batches * bare_s, 3 * block_s)
         fit_run(e1), fit_run(e2)  # compile every block size
         samples: dict[str, list[float]] = {v: [] for v in [*runners, "fit"]}
         order = list(samples)

@@ -21,7 +21,7 @@ for a full run and ``benchmarks/results/quick-<YYYY-MM-DD>-<device>.json`` for
 
 Adding a section: write ``def my_section(ctx: Context) -> list[Row]`` and add
 it to :data:`SECTIONS`. Sizes depend on ``ctx.quick``; values one section
-leaves for later ones go in ``ctx.shared`` (the roofline leaves its GFLOP/s).
+leaves for later ones go in ``ctx.shared``.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def roofline(ctx: Context) -> list[Row]:
     """float32 matmul throughput: the device's practical peak, measured in this run."""
     n = roofline_size(ctx)
     shapes = [
-        ((n, n, n), "the roofline used by later sections"),
+        ((n, n, n), "the roofline; later sections time it again inside their own rounds"),
         ((128, 256, 256), "the largest GEMM of the training step (B=128), for comparison"),
     ]
     rows = []
@@ -136,7 +136,6 @@ def roofline(ctx: Context) -> list[Row]:
         info = {"m": m, "k": k, "n": p, "products_per_repeat": inner}
         case = f"matmul {m}x{k} @ {k}x{p} f32"
         rows.append(Row("roofline", case, median(gflops), "GFLOP/s", note, gflops, info))
-    ctx.shared["roofline_gflops"] = rows[0].value
     return rows
 
 

@@ -217,18 +217,45 @@ def test_derivative_given_the_output_is_exact_to_rounding(name, dtype, jit):
 
 
 def test_sigmoid_derivative_given_the_output_has_no_infinite_intermediate():
-    """Under ``jax_debug_infs``, which checks every eagerly run op, sigmoid' of
-    saturated units (e^{−z} overflows for z < −88 in float32) raises nothing,
-    eagerly and jitted, and matches the overflow-free form."""
+    """Under ``jax_debug_infs``, which checks every op run outside ``jit``, sigmoid'
+    of saturated units (e^{−z} overflows for z < −88 in float32) raises nothing —
+    eagerly, under ``vmap`` and under ``grad`` without ``jit``, and jitted — and
+    matches the overflow-free form."""
     z = jnp.array([-1e3, -100.0, -89.0, 0.0, 3.0, 100.0], jnp.float32)
 
     def derivative(z):
         return activations.sigmoid.derivative(z, jax.nn.sigmoid(z))
 
     with jax.debug_infs(True):
-        eager, jitted = derivative(z), jax.jit(derivative)(z)
-    for got in (eager, jitted):
+        runs = [derivative(z), jax.vmap(derivative)(z), jax.jit(derivative)(z)]
+        second = jax.grad(lambda v: jnp.sum(derivative(v)))(z)
+    for got in runs:
         np.testing.assert_allclose(got, activations.sigmoid.deriv(z), rtol=1e-6, atol=1e-37)
+    assert np.all(np.isfinite(second))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_sigmoid_derivative_given_the_output_differentiates_to_the_second_derivative(dtype, jit):
+    """``d/dz derivative(z, σ(z)) = σ''(z) = σ'(z)(1 − 2σ(z))``, finite everywhere:
+    the branch not taken (e^{−z} = inf for very negative z) never reaches the
+    gradient, and z = 0 gets σ''(0) = 0."""
+    grid = jnp.concatenate([Z, jnp.linspace(-110.0, 110.0, 441, dtype=jnp.float64)]).astype(dtype)
+
+    def derivative(z):
+        return activations.sigmoid.derivative(z, jax.nn.sigmoid(z))
+
+    second = jax.vmap(jax.grad(derivative))
+    got = np.asarray(jax.jit(second)(grid) if jit else second(grid))
+    expected = [
+        REFERENCE_DERIV["sigmoid"](float(v)) * (1 - 2 * _sigmoid(float(v)))
+        for v in np.asarray(grid)
+    ]
+    assert np.all(np.isfinite(got))
+    if dtype == jnp.float64:
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-16)
+    else:  # 1 − 2σ cancels near z = 0: absolute ε_32 there
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", activations.names())

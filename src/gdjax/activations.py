@@ -86,15 +86,27 @@ def _sigmoid_deriv(z):
 
 # With a = σ(z) at hand: for z < 0, a < ½ and 1 − a keeps every digit, so σ' = a(1 − a);
 # for z ≥ 0, σ(−z) = e^{−z}σ(z), so σ' = e^{−z}a². Every digit kept on both sides, and
-# e^{−z} is the very exponential XLA evaluates σ(z) = 1/(1 + e^{−z}) with: in one jitted
-# step the forward and backward passes share it (one exponential per unit, as autodiff's
-# a(1 − a), instead of two). The min keeps the unused branch finite where e^{−z} overflows.
-# Evaluated eagerly (op by op) there is nothing to share, and the overflow itself would
-# trip jax_debug_infs, so concrete arrays take the overflow-free form e / (1 + e)².
+# e^{−z} is the very exponential XLA:CPU evaluates σ(z) = 1/(1 + e^{−z}) with: in one
+# jitted step the forward and backward passes share it (one exponential per unit, as
+# autodiff's a(1 − a), instead of two). For z < −88 (float32) e^{−z} overflows in the
+# branch not taken; that inf is harmless, but jax_debug_infs, when on, would report it,
+# so then the overflow-free form e / (1 + e)², e = e^{−|z|}, is used instead.
+# Differentiated (σ'' = σ'(1 − 2σ), as a = σ(z) moves with z), the rule below never
+# touches the overflowed exponential, so gradients through backprop stay finite.
+@jax.custom_jvp
 def _sigmoid_deriv_with_output(z, a):
-    if not isinstance(z, jax.core.Tracer):
+    if jax.config.jax_debug_infs:
         return _sigmoid_deriv(z)
-    return jnp.where(z < 0, a * (1 - a), jnp.minimum(jnp.exp(-z), 1) * (a * a))
+    e = jnp.where(z < 0, 1, jnp.exp(-z))
+    return jnp.where(z < 0, a * (1 - a), e * (a * a))
+
+
+@_sigmoid_deriv_with_output.defjvp
+def _sigmoid_deriv_with_output_jvp(primals, tangents):
+    z, a = primals
+    dz, _ = tangents
+    d = _sigmoid_deriv_with_output(z, a)
+    return d, d * (1 - 2 * a) * dz
 
 
 # tanh'(z) = 1 − tanh²(z) = 1/cosh²(z) = 4u / (1 + u)²,  u = e^{−2|z|}.
