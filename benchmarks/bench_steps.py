@@ -443,6 +443,8 @@ def steps_section(
 
         ratio("hand", "bare", "target <= 1.00 each, <= 0.95 median")
         ratio("hand", "auto", "hand backprop vs autodiff inside make_step")
+        ratio("auto", "bare", "make_step's calling convention (optax state, metrics dict) vs "
+              "the inline update, both autodiff")  # fmt: skip
         ratio("hand σ'(a)", "bare", "ablation: hand backprop with autodiff's inexact σ' = f(a)")
         ratio("fit", "bare", "target <= 1.10 on (a)/(b); <= 0.25 on (d) (bare = Python loop)")
         ratio("scan", "bare", "the floor for fit / bare: bare steps in lax.scan, pre-sliced")
