@@ -27,9 +27,10 @@ Variants (each one SGD step θ ← θ − η ∂C/∂θ on a fixed batch, except
 - ``numpy``: Nielsen's ``network.py`` backprop (the δ equations), batched: one
   matrix product per layer and direction, float32.
 
-Timing: each variant runs blocks of ``S`` steps (block ≈ 0.1 s on this device),
-rounds visit the variants in a rotating order, and every figure is the median
-over rounds of block time / steps; ratios are medians of per-round ratios.
+Timing: each variant runs blocks of ``S`` steps (block ≈ 0.1 s on this device, at
+least 4 steps; ``scan``: whole epochs), 7 rounds (3 with ``--quick``) visit the
+variants in a rotating order, and every figure is the median over rounds of
+block time / steps; ratios are medians of per-round ratios.
 Nominal FLOPs of a step: ``6·B·Σ n_in·n_out`` (forward, two backward products).
 """
 
@@ -272,13 +273,15 @@ def _numpy_stepper(params, x, y, activation: str, loss: str):
 # ---------------------------------------------------------------- the section
 
 
-def _calibrate(run: Callable[[int], None], target_s: float) -> int:
-    """Steps per block so a block takes about ``target_s`` (after one warm-up step)."""
+def _calibrate(run: Callable[[int], None], target_s: float, minimum: int = 4) -> int:
+    """Steps per block so a block takes about ``target_s`` (after one warm-up step), and at
+    least ``minimum``: with 2 steps of a 45 ms config (b), the first one after another
+    variant's (cache-cold) weighs half the block, and one noisy run put (b) at 1.12."""
     run(1)
     start = time.perf_counter()
     run(2)
     per = max((time.perf_counter() - start) / 2, 1e-6)
-    return int(min(max(2, target_s / per), 2000))
+    return int(min(max(minimum, target_s / per), 2000))
 
 
 def _matmul_stepper(n: int) -> Callable[[int], None]:
@@ -334,7 +337,7 @@ def steps_section(
     """
     rows: list[dict[str, Any]] = []
     configs = QUICK_CONFIGS if quick else CONFIGS
-    rounds = 3 if quick else max(5, repeats)
+    rounds = 3 if quick else max(7, repeats)
     block_s = 0.03 if quick else 0.1
     try:
         import torch  # noqa: PLC0415
@@ -386,7 +389,7 @@ def steps_section(
                     params, x, y, activation, loss, compiled=True
                 )
         sizes_of = {v: _calibrate(run, block_s) for v, run in runners.items() if v != "scan"}
-        sizes_of["scan"] = fit_batches * _calibrate(scan_epochs, block_s)  # whole epochs
+        sizes_of["scan"] = fit_batches * _calibrate(scan_epochs, block_s, 1)  # whole epochs
         if roofline_n:
             runners["matmul"] = _matmul_stepper(roofline_n)
             sizes_of["matmul"] = _calibrate(runners["matmul"], block_s)
