@@ -418,18 +418,20 @@ def steps_section(
                 "fit_batches": fit_batches}  # fmt: skip
         label = f"({name}) {'-'.join(map(str, sizes)) if len(sizes) < 8 else '32-64x16-1'}"
         roofline = None
+        fractions: dict[str, list[float]] = {}  # per variant: nominal GFLOP/s / roofline, per round
         if roofline_n:  # GFLOP/s of the n³ matmul, round by round
             matmul_ms = samples.pop("matmul")
             roofline = [2 * roofline_n**3 / (ms * 1e-3) / 1e9 for ms in matmul_ms]
             info["roofline_n"], info["roofline_gflops"] = roofline_n, roofline
+            fractions = {
+                variant: [flops / (t * 1e-3) / 1e9 / r for t, r in zip(ms, roofline, strict=True)]
+                for variant, ms in samples.items()
+            }
         for variant, ms in samples.items():
             value = statistics.median(ms)
             note = ""
             if roofline:
-                fraction = statistics.median(
-                    [flops / (t * 1e-3) / 1e9 / r for t, r in zip(ms, roofline, strict=True)]
-                )
-                note = f"{fraction:.0%} of matmul roofline"
+                note = f"{statistics.median(fractions[variant]):.0%} of matmul roofline"
             row(
                 f"{label} {variant}",
                 value,
@@ -456,14 +458,12 @@ def steps_section(
         ratio("hand", "torch.compile", "target <= 1.00")
         ratio("hand", "numpy", "Nielsen's network.py, batched")
         if roofline:
-            per_round = [flops / (t * 1e-3) / 1e9 / r
-                         for t, r in zip(samples["hand"], roofline, strict=True)]  # fmt: skip
             gflops = flops / (statistics.median(samples["hand"]) * 1e-3) / 1e9
             peak = statistics.median(roofline)
             note = f"{gflops:.1f} GFLOP/s nominal over {peak:.1f} GFLOP/s ({roofline_n}³ matmul, "
             note += "same rounds); target >= 0.95 on (b)"
-            row(f"({name}) hand: roofline", statistics.median(per_round), "fraction", note,
-                per_round)  # fmt: skip
+            row(f"({name}) hand: roofline", statistics.median(fractions["hand"]), "fraction", note,
+                fractions["hand"])  # fmt: skip
     return rows
 
 

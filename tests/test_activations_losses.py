@@ -216,6 +216,11 @@ def test_derivative_given_the_output_is_exact_to_rounding(name, dtype, jit):
     np.testing.assert_allclose(got[~normal], expected[~normal], rtol=0, atol=4 * float(info.tiny))
 
 
+def _sigmoid_derivative_given_output(z):
+    """What backprop computes for a sigmoid layer: ``derivative(z, σ(z))``."""
+    return activations.sigmoid.derivative(z, jax.nn.sigmoid(z))
+
+
 def test_sigmoid_derivative_given_the_output_has_no_infinite_intermediate():
     """Under ``jax_debug_infs``, which checks every op run outside ``jit``, sigmoid'
     of saturated units (e^{−z} overflows for z < −88 in float32) raises nothing —
@@ -223,12 +228,13 @@ def test_sigmoid_derivative_given_the_output_has_no_infinite_intermediate():
     matches the overflow-free form."""
     z = jnp.array([-1e3, -100.0, -89.0, 0.0, 3.0, 100.0], jnp.float32)
 
-    def derivative(z):
-        return activations.sigmoid.derivative(z, jax.nn.sigmoid(z))
-
     with jax.debug_infs(True):
-        runs = [derivative(z), jax.vmap(derivative)(z), jax.jit(derivative)(z)]
-        second = jax.grad(lambda v: jnp.sum(derivative(v)))(z)
+        runs = [
+            _sigmoid_derivative_given_output(z),
+            jax.vmap(_sigmoid_derivative_given_output)(z),
+            jax.jit(_sigmoid_derivative_given_output)(z),
+        ]
+        second = jax.grad(lambda v: jnp.sum(_sigmoid_derivative_given_output(v)))(z)
     for got in runs:
         np.testing.assert_allclose(got, activations.sigmoid.deriv(z), rtol=1e-6, atol=1e-37)
     assert np.all(np.isfinite(second))
@@ -242,10 +248,7 @@ def test_sigmoid_derivative_given_the_output_differentiates_to_the_second_deriva
     gradient, and z = 0 gets σ''(0) = 0."""
     grid = jnp.concatenate([Z, jnp.linspace(-110.0, 110.0, 441, dtype=jnp.float64)]).astype(dtype)
 
-    def derivative(z):
-        return activations.sigmoid.derivative(z, jax.nn.sigmoid(z))
-
-    second = jax.vmap(jax.grad(derivative))
+    second = jax.vmap(jax.grad(_sigmoid_derivative_given_output))
     got = np.asarray(jax.jit(second)(grid) if jit else second(grid))
     expected = [
         REFERENCE_DERIV["sigmoid"](float(v)) * (1 - 2 * _sigmoid(float(v)))
