@@ -426,7 +426,7 @@ def _fit_kwargs(**overrides):
             r"y: expected integer labels in \[0, 1\] for 2 output units, got label 5",
         ),
         ("sgd", lambda x, y: "not data", {}, r"data: expected a gdjax.data.Dataset or a tuple"),
-        ("sgd", None, {"model": "an MLP"}, r"model: expected a gdjax.MLP, got str"),
+        ("sgd", None, {"model": "an MLP"}, r"model: expected a gdjax.MLP or a function, got str"),
     ],
     ids=[
         "unknown optimizer",

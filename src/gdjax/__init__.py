@@ -17,6 +17,8 @@ from gdjax import gradcheck as gradcheck
 from gdjax import jacobians as jacobians
 from gdjax import landscape as landscape
 from gdjax import losses as losses
+from gdjax import metrics as metrics
+from gdjax import models as models
 from gdjax import optim as optim
 from gdjax import per_example as per_example
 from gdjax import plots as plots
@@ -28,10 +30,10 @@ from gdjax.backprop import backprop as backprop
 from gdjax.backprop import backprop_with_deltas as backprop_with_deltas
 from gdjax.backprop import check_batch as check_batch
 from gdjax.backprop import deltas as deltas
-from gdjax.backprop import objective as objective
 from gdjax.losses import Loss as Loss
 from gdjax.mlp import MLP as MLP
 from gdjax.mlp import Params as Params
+from gdjax.models import objective as objective
 from gdjax.per_example import gradient_noise as gradient_noise
 from gdjax.per_example import per_example_grad_norms as per_example_grad_norms
 from gdjax.per_example import per_example_grads as per_example_grads

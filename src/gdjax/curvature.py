@@ -407,14 +407,17 @@ def _lanczos_update(q_mat, j, hq, beta_prev):
     # Classical Gram–Schmidt against every earlier vector; a second pass only when the
     # first one cancelled more than 1 − 1/√2 of w's norm (the DGKS test: "twice is
     # enough", and once is enough when little cancelled).
+    # If the second pass cancels as much again, w is rounding noise in the span of the
+    # basis (Parlett 1998, §6.9): an invariant subspace, β = 0, never a new direction.
     norm_before = jnp.linalg.norm(w)
     w = _project_out(q_mat, j + 1, w)
-    w = jax.lax.cond(
-        jnp.linalg.norm(w) < norm_before / math.sqrt(2),
-        lambda w: _project_out(q_mat, j + 1, w),
-        lambda w: w,
-        w,
-    )
+    norm_first = jnp.linalg.norm(w)
+
+    def second_pass(w):
+        w = _project_out(q_mat, j + 1, w)
+        return jnp.where(jnp.linalg.norm(w) < norm_first / math.sqrt(2), 0, w)
+
+    w = jax.lax.cond(norm_first < norm_before / math.sqrt(2), second_pass, lambda w: w, w)
     beta = jnp.linalg.norm(w)
     safe = jnp.where(beta > 0, beta, 1)
     q_next = jnp.where(beta > 0, w / safe, 0)
@@ -435,7 +438,12 @@ def _grow(q_mat, rows):
 
 @functools.partial(jax.jit, donate_argnums=0)
 def _set_orthonormal(q_mat, j, r):
-    """Row ``j`` of ``q_mat`` ← ``r`` orthogonalised against rows 0 … j−1 and normalised."""
+    """Row ``j`` of ``q_mat`` ← ``r`` orthogonalised against rows 0 … j−1 and normalised.
+
+    Row j is cleared first: on a restart it holds the discarded direction w/β of
+    the step that broke down, and the projection reads whole blocks of rows.
+    """
+    q_mat = q_mat.at[j].set(0)
     r = _project_out(q_mat, j, r)
     r = _project_out(q_mat, j, r)
     return q_mat.at[j].set(r / jnp.linalg.norm(r)), jnp.linalg.norm(r)

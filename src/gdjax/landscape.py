@@ -113,9 +113,9 @@ from gdjax import curvature, losses
 from gdjax._checks import check_finite, check_finite_args, check_positive_int
 from gdjax.backprop import check_batch
 from gdjax.losses import Loss
+from gdjax.metrics import accuracy as _accuracy
 from gdjax.mlp import MLP
 from gdjax.runs import atomic_write_bytes, atomic_write_json
-from gdjax.train import accuracy as _accuracy
 
 __all__ = [
     "NORMS",

@@ -63,12 +63,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from gdjax import diagnostics, losses, runs
+from gdjax import diagnostics, runs
 from gdjax._checks import check_num_examples, check_positive_int, is_concrete, shape_of
-from gdjax.backprop import backprop, check_batch, objective
+from gdjax.backprop import backprop
 from gdjax.data import permutation
 from gdjax.losses import Loss
+from gdjax.metrics import accuracy
 from gdjax.mlp import MLP, Params
+from gdjax.models import ApplyModel, as_loss, as_model, check_batch, objective
 
 __all__ = [
     "OPTIMIZERS",
@@ -150,12 +152,25 @@ def _named_optimizer(name: str, hyperparams: tuple) -> optax.GradientTransformat
         raise ValueError(f"hyperparams: not accepted by optimizer {name!r}: {e}") from None
 
 
-def _grad_fn(model: MLP, loss: Loss, grad: GradMode):
+def _grad_fn(model: MLP | ApplyModel, loss: Loss, grad: GradMode):
+    """``(params, x, y) ↦ (C, ∂C/∂θ)``: the hand backprop (MLP only) or autodiff."""
     if grad == "hand":
+        if not isinstance(model, MLP):
+            raise ValueError(
+                f"grad: 'hand' is the hand-written backprop of gdjax.MLP, which {model!r} "
+                f"is not; expected grad='auto' (autodiff) for a model given as apply(params, x)."
+            )
         return lambda params, x, y: backprop(model, loss, params, x, y)
     if grad == "auto":
         return jax.value_and_grad(objective(model, loss))
     raise ValueError(f"grad: expected 'hand' or 'auto', got {grad!r}.")
+
+
+def _default_grad(model: MLP | ApplyModel, grad: GradMode | None) -> GradMode:
+    """``None`` means the hand backprop for an MLP and autodiff for any other model."""
+    if grad is None:
+        return "hand" if isinstance(model, MLP) else "auto"
+    return grad
 
 
 def _apply_step(grad_fn, optimizer, params, opt_state, x, y):
@@ -241,10 +256,10 @@ def _check_rows(name: str, rows: int, mesh: Mesh | None) -> None:
 
 
 def make_step(
-    model: MLP,
-    loss: str | Loss,
+    model: MLP | Callable,
+    loss: str | Loss | Callable,
     optimizer: str | optax.GradientTransformation,
-    grad: GradMode = "hand",
+    grad: GradMode | None = None,
     *,
     mesh: MeshLike = None,
     **hyperparams: Any,
@@ -256,11 +271,15 @@ def make_step(
         g = ∂C/∂θ,\\quad (u, s) = \\mathrm{update}(g, s, θ),\\quad θ ← θ + u
 
     Args:
-      model: the network.
-      loss: a :class:`~gdjax.losses.Loss` or its name.
+      model: a :class:`gdjax.MLP`, or any function ``apply(params, x) -> output``
+        over a params pytree (see :mod:`gdjax.models`; pass the same function
+        object each time so compiled code is reused).
+      loss: a :class:`~gdjax.losses.Loss` or its name, or any function
+        ``loss(output, y) -> scalar`` (a mean over the batch).
       optimizer: an ``optax.GradientTransformation`` or a name from :data:`OPTIMIZERS`
         with keyword ``hyperparams`` (``learning_rate=...``).
-      grad: ``"hand"`` for :func:`gdjax.backprop`, ``"auto"`` for ``jax.value_and_grad``.
+      grad: ``"hand"`` for :func:`gdjax.backprop` (MLP only), ``"auto"`` for
+        ``jax.value_and_grad``; ``None`` (default): ``"hand"`` for an MLP, else ``"auto"``.
       mesh: data parallelism (see :func:`data_mesh`): ``None`` (default), ``"local"``,
         ``"global"`` or a ``Mesh`` with an axis ``"data"``. The rows of ``x``, ``y`` are
         split over ``"data"`` (their number must be a multiple of its size), params
@@ -286,9 +305,9 @@ def make_step(
       >>> metrics["loss"].shape
       ()
     """
-    loss = losses.get(loss)
+    model, loss = as_model(model), as_loss(loss)
     tx = make_optimizer(optimizer, **hyperparams)
-    grad_fn = _grad_fn(model, loss, grad)
+    grad_fn = _grad_fn(model, loss, _default_grad(model, grad))
 
     def _step(params, opt_state, x, y):
         params, opt_state, value = _apply_step(grad_fn, tx, params, opt_state, x, y)
@@ -324,23 +343,14 @@ def make_step(
 # ---------------------------------------------------------------- evaluation
 
 
-def accuracy(loss: Loss, pred: jax.Array, y: jax.Array) -> jax.Array | None:
-    """Fraction of correct predictions, for the classification losses (else ``None``).
+def evaluate(
+    model: MLP | Callable, loss: str | Loss | Callable, params: Params, x, y
+) -> dict[str, jax.Array]:
+    """``{"loss": C, "accuracy": …}`` on (x, y); accuracy only for classification losses.
 
-    softmax cross-entropy: ``argmax z == label`` (or argmax of the target row);
-    sigmoid binary cross-entropy: ``(z > 0) == (y > ½)`` over every output unit.
+    Any model (a ``gdjax.MLP`` or a function ``apply(params, x)``) and any loss.
     """
-    if loss.name == "softmax_cross_entropy":
-        labels = y if jnp.issubdtype(y.dtype, jnp.integer) else jnp.argmax(y, axis=-1)
-        return jnp.mean(jnp.argmax(pred, axis=-1) == labels)
-    if loss.name == "sigmoid_binary_cross_entropy":
-        return jnp.mean((pred > 0) == (y > 0.5))
-    return None
-
-
-def evaluate(model: MLP, loss: str | Loss, params: Params, x, y) -> dict[str, jax.Array]:
-    """``{"loss": C, "accuracy": …}`` on (x, y); accuracy only for classification losses."""
-    loss = losses.get(loss)
+    model, loss = as_model(model), as_loss(loss)
     check_batch(model, loss, params, x, y)
     return _evaluate(model, loss, params, x, y)
 
@@ -540,8 +550,8 @@ def _epochs_per_call(epochs: int, intervals: list[int]) -> int:
 
 
 def fit(
-    model: MLP,
-    loss: str | Loss,
+    model: MLP | Callable,
+    loss: str | Loss | Callable,
     optimizer: str | optax.GradientTransformation,
     data,
     *,
@@ -550,7 +560,7 @@ def fit(
     batch_size: int | None = None,
     params: Params | None = None,
     opt_state: Any = None,
-    grad: GradMode = "hand",
+    grad: GradMode | None = None,
     eval_every: int = 1,
     diagnostics_every: int = 0,
     callback: Callable[[int, Params, Any, dict[str, np.ndarray]], None] | None = None,
@@ -570,8 +580,13 @@ def fit(
     full-batch gradient descent, ``1`` is SGD, ``k`` minibatches of k.
 
     Args:
-      model: the network.
-      loss: a :class:`~gdjax.losses.Loss` or its name.
+      model: a :class:`gdjax.MLP`, or any function ``apply(params, x) -> output``
+        over a params pytree (a plain-JAX conv net, an Equinox or Flax module
+        split into params and a function; see :mod:`gdjax.models`). Such a model
+        needs ``params=`` and trains with autodiff.
+      loss: a :class:`~gdjax.losses.Loss` or its name, or any function
+        ``loss(output, y) -> scalar`` (a mean over the batch; accuracy is
+        reported for gdjax's classification losses only).
       optimizer: an optax transformation, or a name with ``hyperparams``
         (e.g. ``"adam", learning_rate=1e-3``); see :func:`make_optimizer`.
       data: a :class:`gdjax.data.Dataset`, or ``(x, y)``, or ``(x, y, x_test, y_test)``.
@@ -580,15 +595,17 @@ def fit(
       key: PRNG key; split into an init key (used when ``params`` is None) and
         the shuffle key. Same key and config give bit-identical results.
       batch_size: ``None`` (full batch), or a positive int ≤ n.
-      params, opt_state: where to start; defaults ``model.init(init_key)`` and
-        ``optimizer.init(params)``.
-      grad: ``"hand"`` (gdjax.backprop) or ``"auto"`` (jax.value_and_grad).
+      params, opt_state: where to start; defaults ``model.init(init_key)`` (an MLP
+        only: a function model needs ``params``) and ``optimizer.init(params)``.
+      grad: ``"hand"`` (gdjax.backprop, MLP only) or ``"auto"`` (jax.value_and_grad);
+        ``None`` (default): ``"hand"`` for an MLP, ``"auto"`` for any other model.
       eval_every: evaluate train/test loss and accuracy every k epochs (0: never).
         Between host events (evaluation, diagnostics, callbacks, checkpoints) up
         to :data:`MAX_EPOCHS_PER_CALL` epochs run in one jitted call, so
         ``eval_every=0`` (or a large k) gives the fastest loop.
       diagnostics_every: record per-layer norms (:mod:`gdjax.diagnostics`) on the
-        training set every k epochs (0: never).
+        training set every k epochs (0: never; an MLP only, since the δ^l and
+        layers they report are the MLP's).
       callback: ``callback(epoch, params, opt_state, history)`` every ``callback_every``
         epochs, on the host, e.g. to track sharpness.
       progress: show a progress bar (epoch, loss, steps/s).
@@ -613,12 +630,21 @@ def fit(
     Returns:
       A :class:`FitResult` ``(params, opt_state, history, diverged)``.
     """
-    if not isinstance(model, MLP):
-        raise ValueError(f"model: expected a gdjax.MLP, got {type(model).__name__}.")
-    loss = losses.get(loss)
+    model, loss = as_model(model), as_loss(loss)
+    grad = _default_grad(model, grad)
+    if not isinstance(model, MLP) and params is None:
+        raise ValueError(
+            f"params: expected the starting params of {model!r}, a model given as a function "
+            f"apply(params, x) that gdjax cannot initialise, got None."
+        )
     epochs = check_positive_int("epochs", epochs)
     eval_every = _check_every("eval_every", eval_every)
     diagnostics_every = _check_every("diagnostics_every", diagnostics_every)
+    if diagnostics_every and not isinstance(model, MLP):
+        raise ValueError(
+            f"diagnostics_every: the per-layer δ^l and weight norms are those of a gdjax.MLP, "
+            f"so it expected 0 for {model!r}, got {diagnostics_every}."
+        )
     callback_every = check_positive_int("callback_every", callback_every)
     checkpoint_every = _check_every("checkpoint_every", checkpoint_every)
     if callback is not None and not callable(callback):
