@@ -141,7 +141,13 @@ def _tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
 # ---------------------------------------------------------------- products
 
 
-def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> PyTree:
+def hvp(
+    f: Callable[..., jax.Array],
+    params: PyTree,
+    v: PyTree,
+    *args: Any,
+    data_chunk: int | None = None,
+) -> PyTree:
     """The Hessian-vector product ``Hv`` of the scalar cost ``C = f(params, *args)``.
 
     .. math::
@@ -158,6 +164,10 @@ def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> P
       params: θ, the point at which H is taken.
       v: the vector, a pytree with the structure and shapes of ``params``.
       *args: further arguments of ``f`` (e.g. ``x, y``), held fixed.
+      data_chunk: ``None`` (all data in one call) or k: the args are split along
+        axis 0 into chunks of k examples and ``Hv = (1/n) Σ_c n_c H_c v`` is
+        accumulated inside jit (``f`` must be a mean over the examples), so peak
+        memory follows k, not n.
 
     Returns:
       ``Hv``, a pytree shaped like ``params``.
@@ -175,7 +185,17 @@ def hvp(f: Callable[..., jax.Array], params: PyTree, v: PyTree, *args: Any) -> P
     """
     _check_like("v", v, params)
     check_finite_args(args)
+    data_chunk = _check_data_chunk(data_chunk, args)
+    if data_chunk is not None:
+        flat, unravel = ravel_pytree(params)
+        u = ravel_pytree(v)[0].astype(flat.dtype)
+        return unravel(_jit_chunked_hvp(f, data_chunk, params, args, u))
     return jax.jvp(lambda p: jax.grad(f)(p, *args), (params,), (v,))[1]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jit_chunked_hvp(f, data_chunk, params, args, u):
+    return _chunked_flat_hvp(f, data_chunk)(params, args, u)
 
 
 def _loss_hessian_product(loss: Loss, out: jax.Array, y: jax.Array, u: jax.Array) -> jax.Array:
@@ -272,7 +292,84 @@ def _flat_hvp_operator(f, params, args) -> jax.tree_util.Partial:
     return jax.linearize(flat_grad, flat)[1]
 
 
-_jit_flat_hvp_operator = jax.jit(_flat_hvp_operator, static_argnums=0)
+def _check_data_chunk(data_chunk, args) -> int | None:
+    """``data_chunk``: None, or a positive int; then every arg has the same rows n ≥ 1."""
+    if data_chunk is None:
+        return None
+    if isinstance(data_chunk, bool) or not isinstance(data_chunk, int | np.integer):
+        raise ValueError(
+            f"data_chunk: expected None or a positive integer (examples per chunk), "
+            f"got {data_chunk!r}."
+        )
+    if data_chunk <= 0:
+        raise ValueError(
+            f"data_chunk: expected a positive integer (examples per chunk), got {data_chunk}."
+        )
+    if not args:
+        raise ValueError("data_chunk: expected data arguments to split (e.g. x, y), got none.")
+    rows = {shape_of(leaf)[0] if shape_of(leaf) else None for leaf in jax.tree.leaves(args)}
+    if len(rows) != 1 or None in rows or 0 in rows:
+        raise ValueError(
+            f"data_chunk: expected every data argument to have the same number of examples "
+            f"(rows, axis 0) to split into chunks, got leading sizes {sorted(rows, key=str)}."
+        )
+    return int(data_chunk)
+
+
+def _chunked_mean(fn, args, data_chunk: int):
+    """``(1/n) Σ_c n_c · fn(args_c)`` over chunks of ``data_chunk`` rows of ``args``.
+
+    ``fn`` of a chunk is a mean over its examples (a cost or its derivatives), so
+    the weighted sum is the mean over all n examples; the last chunk, with
+    n mod k rows, is weighted by its size. Full chunks run in one ``lax.scan``,
+    so peak memory follows the chunk, not n.
+    """
+    n = jax.tree.leaves(args)[0].shape[0]
+    k = min(data_chunk, n)
+    full, rest = divmod(n, k)
+    head = jax.tree.map(lambda a: a[: full * k].reshape(full, k, *a.shape[1:]), args)
+    first = jax.tree.map(lambda a: a[0], head)
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, first))
+    total, _ = jax.lax.scan(
+        lambda acc, chunk: (jax.tree.map(jnp.add, acc, fn(chunk)), None), zero, head
+    )
+    total = jax.tree.map(lambda t: t * k, total)
+    if rest:
+        tail = fn(jax.tree.map(lambda a: a[full * k :], args))
+        total = jax.tree.map(lambda t, r: t + rest * r, total, tail)
+    return jax.tree.map(lambda t: t / n, total)
+
+
+@functools.lru_cache(maxsize=64)
+def _chunked_flat_hvp(f, data_chunk: int):
+    """``(params, args, u) ↦ Hu`` accumulated over chunks of the data (one function per f, k)."""
+
+    def product(params, args, u):
+        _, unravel = ravel_pytree(params)
+        v = unravel(u)
+
+        def chunk_hvp(chunk):
+            hv = jax.jvp(lambda p: jax.grad(f)(p, *chunk), (params,), (v,))[1]
+            return ravel_pytree(hv)[0]
+
+        return _chunked_mean(chunk_hvp, args, data_chunk)
+
+    return product
+
+
+def _flat_operator(f, params, args, data_chunk=None) -> jax.tree_util.Partial:
+    """``u ↦ Hu`` on flat vectors: linearised once (all data), or by chunks of the data.
+
+    With ``data_chunk`` nothing is kept between products (each recomputes the
+    chunks' forward and backward passes, about 2 gradients per product instead
+    of 1.6), which is what keeps memory at one chunk's.
+    """
+    if data_chunk is None:
+        return _flat_hvp_operator(f, params, args)
+    return jax.tree_util.Partial(_chunked_flat_hvp(f, data_chunk), params, args)
+
+
+_jit_flat_hvp_operator = jax.jit(_flat_operator, static_argnums=(0, 3))
 
 
 @jax.jit
@@ -281,7 +378,7 @@ def _apply_operator(operator, u):
 
 
 def hvp_operator(
-    f: Callable[..., jax.Array], params: PyTree, *args: Any
+    f: Callable[..., jax.Array], params: PyTree, *args: Any, data_chunk: int | None = None
 ) -> Callable[[PyTree], PyTree]:
     """``v ↦ Hv`` at a fixed θ, with the parts that do not depend on v done once.
 
@@ -303,6 +400,9 @@ def hvp_operator(
       f: scalar function ``f(params, *args)``.
       params: θ.
       *args: further arguments of ``f``, held fixed.
+      data_chunk: ``None``, or k examples per chunk (see :func:`hvp`): nothing is
+        linearised then, each product recomputes the chunks' passes and memory
+        follows k.
 
     Returns:
       A function of a params-shaped pytree v returning ``Hv``, equal to
@@ -318,8 +418,9 @@ def hvp_operator(
     """
     _check_params(params)
     check_finite_args(args)
+    data_chunk = _check_data_chunk(data_chunk, args)
     flat, unravel = ravel_pytree(params)
-    operator = _jit_flat_hvp_operator(f, params, args)
+    operator = _jit_flat_hvp_operator(f, params, args, data_chunk)
 
     def product(v: PyTree) -> PyTree:
         _check_like("v", v, params)
@@ -532,14 +633,14 @@ def _block_candidates(t, blocks, k, which):
     return np.stack(rows)
 
 
-def _lanczos(f, params, flat0, k, which, max_iters, tol, criterion, key, args) -> Eigen:
+def _lanczos(f, params, flat0, k, which, max_iters, tol, criterion, key, args, chunk) -> Eigen:
     n = flat0.size
     dtype = flat0.dtype
     eps = float(jnp.finfo(dtype).eps)
     # Rows for q_0 … q_{max_iters}, allocated as needed: most calls stop long before
     # max_iters, and zeroing the whole buffer up front would cost more than a step.
     max_rows = _basis_rows(max_iters)
-    operator = _jit_flat_hvp_operator(f, params, args)
+    operator = _jit_flat_hvp_operator(f, params, args, chunk)
     q_mat = jnp.zeros((min(_FIRST_ROWS, max_rows), n), dtype)
     q_mat, _ = _set_orthonormal(q_mat, 0, flat0)
     q = q_mat[0]
@@ -632,7 +733,7 @@ def _lanczos(f, params, flat0, k, which, max_iters, tol, criterion, key, args) -
     )
 
 
-def _confirmed(first: Eigen, second: Eigen, f, params, k, which, tol, args) -> Eigen:
+def _confirmed(first: Eigen, second: Eigen, f, params, k, which, tol, args, chunk) -> Eigen:
     """Two Lanczos runs from independent starts, as one answer.
 
     Where their k values agree within ``tol``, the first run's pairs stand
@@ -652,7 +753,7 @@ def _confirmed(first: Eigen, second: Eigen, f, params, k, which, tol, args) -> E
     u, sv, vt = np.linalg.svd(rows, full_matrices=False)
     basis = vt[sv > 1e-8 * sv[0]]  # orthonormal rows spanning both runs' vectors
     flat, unravel = ravel_pytree(params)
-    operator = _jit_flat_hvp_operator(f, params, args)
+    operator = _jit_flat_hvp_operator(f, params, args, chunk)
     products = np.asarray(_products(operator, jnp.asarray(basis, flat.dtype)), np.float64)
     values, vectors, measured = _rayleigh_ritz(basis, products)
     wanted = _order(values, which)[:k]
@@ -694,10 +795,10 @@ def _power_step(operator, found, v):
     return v, lam, residual, hv / jnp.linalg.norm(hv)
 
 
-def _power(f, params, flat0, k, max_iters, tol, key, args) -> Eigen:
+def _power(f, params, flat0, k, max_iters, tol, key, args, chunk) -> Eigen:
     n, dtype = flat0.size, flat0.dtype
     found = jnp.zeros((k, n), dtype)
-    operator = _jit_flat_hvp_operator(f, params, args)
+    operator = _jit_flat_hvp_operator(f, params, args, chunk)
     values, hvps, converged = [], 0, True
     v = flat0
     for i in range(k):
@@ -743,6 +844,7 @@ def top_eigenvalues(
     criterion: Literal["residual", "eigenvalue"] = "residual",
     init: PyTree | None = None,
     confirm: bool = True,
+    data_chunk: int | None = None,
 ) -> Eigen:
     """The k extreme eigenvalues λ_i of the Hessian ``H = ∇²C(θ)`` and their eigenvectors.
 
@@ -830,6 +932,8 @@ def top_eigenvalues(
         residuals. An eigenvalue that the first start (random, or the warm start
         ``init``) barely contained is then missed only if the second start
         barely contains it too. Twice the products; ``False`` runs once.
+      data_chunk: ``None``, or k examples per chunk: every product is accumulated
+        over chunks of the data (see :func:`hvp`), so memory follows k, not n.
 
     Returns:
       An :class:`Eigen` ``(eigenvalues, eigenvectors, hvps, converged, residuals,
@@ -879,6 +983,7 @@ def top_eigenvalues(
     tol = check_finite_number("tol", tol)
     if not isinstance(confirm, bool):
         raise TypeError(f"confirm: expected True or False, got {confirm!r}.")
+    data_chunk = _check_data_chunk(data_chunk, args)
     _check_key(key)
     if init is not None:
         _check_like("init", init, params)
@@ -894,15 +999,17 @@ def top_eigenvalues(
 
     def run(start, run_key):
         if method == "lanczos":
-            return _lanczos(f, params, start, k, which, max_iters, tol, criterion, run_key, args)
-        return _power(f, params, start, k, max_iters, tol, run_key, args)
+            return _lanczos(
+                f, params, start, k, which, max_iters, tol, criterion, run_key, args, data_chunk
+            )
+        return _power(f, params, start, k, max_iters, tol, run_key, args, data_chunk)
 
     first = run(flat0, key)
     if not confirm:
         return first
     key, second_key = jax.random.split(key)
     second = run(jax.random.normal(second_key, (n,), dtype), key)
-    return _confirmed(first, second, f, params, k, which, tol, args)
+    return _confirmed(first, second, f, params, k, which, tol, args, data_chunk)
 
 
 # ---------------------------------------------------------------- trace
@@ -922,10 +1029,10 @@ class TraceEstimate(NamedTuple):
     samples: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _hutchinson(f, params, key, samples, batch_size, args):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 6))
+def _hutchinson(f, params, key, samples, batch_size, args, data_chunk=None):
     flat, unravel = ravel_pytree(params)
-    operator = _flat_hvp_operator(f, params, args)
+    operator = _flat_operator(f, params, args, data_chunk)
 
     def one(sample_key):
         v = jax.random.rademacher(sample_key, flat.shape, flat.dtype)
@@ -941,6 +1048,7 @@ def trace(
     key: jax.Array,
     samples: int = 100,
     batch_size: int = 16,
+    data_chunk: int | None = None,
 ) -> TraceEstimate:
     """Hutchinson's estimate of the Hessian trace ``tr H = Σ_i λ_i``.
 
@@ -959,6 +1067,8 @@ def trace(
       key: PRNG key for the Rademacher vectors.
       samples: m ≥ 2, the number of vectors (two are the fewest that give an error bar).
       batch_size: products computed together under ``vmap`` (memory vs speed).
+      data_chunk: ``None``, or k examples per chunk: each product is accumulated
+        over chunks of the data (see :func:`hvp`), so memory follows k, not n.
 
     Returns:
       A :class:`TraceEstimate` ``(estimate, stderr, samples)``.
@@ -981,9 +1091,11 @@ def trace(
             f"samples: expected at least 2 (a standard error needs two), got {samples}."
         )
     batch_size = check_positive_int("batch_size", batch_size)
+    data_chunk = _check_data_chunk(data_chunk, args)
     _check_key(key)
     values = np.asarray(
-        _hutchinson(f, params, key, samples, min(batch_size, samples), args), np.float64
+        _hutchinson(f, params, key, samples, min(batch_size, samples), args, data_chunk),
+        np.float64,
     )
     return TraceEstimate(
         estimate=float(values.mean()),
