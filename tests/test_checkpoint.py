@@ -232,11 +232,13 @@ def test_a_diverged_run_is_checkpointed_and_rerun_returns_it(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 3))
     data = (x, x @ np.ones((3, 1)))
+    # float32 params (the session runs under x64): ×~1e3 per step overflows within 30 epochs
+    params = MLP((3, 1)).init(jax.random.key(1), dtype=jnp.float32)
 
     def diverging():
         return train.fit(
             MLP((3, 1)), "mse", "sgd", data, epochs=30, key=jax.random.key(0), run_dir=tmp_path,
-            checkpoint_every=4, eval_every=0, progress=False, learning_rate=1e3,
+            checkpoint_every=4, eval_every=0, progress=False, learning_rate=1e3, params=params,
         )  # fmt: skip
 
     with pytest.warns(train.DivergedWarning) as first:

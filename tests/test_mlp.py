@@ -33,7 +33,6 @@ def test_shapes_follow_the_seed_layout(key):
         ((16, 16), (16,)),
         ((2, 16), (2,)),
     ]
-    assert all(p["w"].dtype == jnp.float32 for p in params)
     zs, acts = model.trace(params, jnp.ones((7, 3)))
     assert [z.shape for z in zs] == [(7, 16), (7, 16), (7, 2)]
     assert [a.shape for a in acts] == [(7, 3), (7, 16), (7, 16), (7, 2)]
@@ -73,6 +72,20 @@ def test_init_is_reproducible_and_keyed(key):
     p3 = model.init(jax.random.key(1))
     assert all(np.array_equal(a["w"], b["w"]) for a, b in zip(p1, p2, strict=True))
     assert not np.array_equal(p1[0]["w"], p3[0]["w"])
+
+
+@pytest.mark.parametrize(("x64", "expected"), [(False, jnp.float32), (True, jnp.float64)])
+def test_init_dtype_follows_jax_default_float_dtype(key, x64, expected):
+    """Like ``jnp.zeros`` and ``jax.random.normal``: float64 only under ``jax_enable_x64``."""
+    model = MLP((3, 4, 2))
+    with jax.enable_x64(x64):
+        assert jnp.zeros(()).dtype == expected
+        for scheme in ("glorot", "he", "normal"):
+            params = model.init(key, scheme=scheme)
+            assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(expected)}
+        # an explicit dtype still wins
+        params = model.init(key, dtype=jnp.bfloat16)
+        assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_input_is_cast_to_the_params_dtype(key):

@@ -94,7 +94,7 @@ class MLP:
         *,
         scheme: str = "glorot",
         scale: float = 1.0,
-        dtype: jnp.dtype = jnp.float32,
+        dtype: jnp.dtype | None = None,
     ) -> Params:
         """Draw initial params with an explicit PRNG key.
 
@@ -109,15 +109,19 @@ class MLP:
           key: a ``jax.random`` key.
           scheme: one of :data:`INIT_SCHEMES`.
           scale: gain multiplying the scheme's standard deviation.
-          dtype: a floating dtype for every leaf.
+          dtype: a floating dtype for every leaf. ``None`` (the default) is JAX's
+            default float dtype, as for ``jnp.zeros`` and ``jax.random.normal``:
+            float32, or float64 when ``jax_enable_x64`` is on.
 
         Returns:
           ``[{"w": (n_1, n_0), "b": (n_1,)}, …]``, one dict per layer.
         """
         if scheme not in INIT_SCHEMES:
             raise ValueError(f"scheme: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}.")
+        if dtype is None:  # float64 under jax_enable_x64, float32 otherwise
+            dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
         try:
-            floating = dtype is not None and jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+            floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
         except TypeError:
             floating = False
         if not floating:
