@@ -7,12 +7,15 @@ they work headless and never touch a global figure state. Save them with
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from gdjax.runs import atomic_write_bytes
 
 __all__ = [
     "training_curves",
@@ -332,9 +335,22 @@ def _layer_colors(n: int) -> list:
 
 
 def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
-    """Write ``fig`` to ``path`` atomically (format from the suffix: .png, .pdf, .svg)."""
+    """Write ``fig`` to ``path`` atomically (format from the suffix: .png, .pdf, .svg).
+
+    The figure is rendered in memory and written with
+    :func:`gdjax.runs.atomic_write_bytes`, like every other file gdjax writes:
+    through a uniquely named temporary file, so processes saving the same
+    figure at once do not collide and a reader never sees a partial one, and
+    with the mode ``open()`` would give it (``0o666 & ~umask``).
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
-    return path
+    fmt = path.suffix[1:].lower()
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(
+            f"path: expected a file name ending in one of "
+            f"{', '.join('.' + s for s in sorted(supported))}, got {os.fspath(path)!r}."
+        )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=dpi)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -10,9 +10,12 @@ A run directory holds::
                      devices, creation time, caller extras (e.g. wall time), and the
                      size and SHA-256 of each .npz file
 
-Every file is written atomically: to a temporary file in the same directory,
-flushed and fsync'ed, then renamed over the final name with ``os.replace``,
-so a reader sees the old file or the new one, never a partial one.
+Every file is written atomically: to a uniquely named temporary file in the
+same directory, flushed and fsync'ed, then renamed over the final name with
+``os.replace``, so a reader sees the old file or the new one, never a partial
+one, and two processes writing the same file do not collide. Files get the
+mode ``open()`` would give a new file (0o666 less the umask: 0644 under the
+usual umask 022), so others can read a shared results directory.
 ``meta.json`` is written last; its checksums let :func:`load_run` detect a
 directory whose save was interrupted between files.
 
@@ -35,9 +38,9 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -116,10 +119,13 @@ _NEEDS_TEMPLATE = (
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically.
 
-    The bytes go to a temporary file in the same directory (so the rename does
-    not cross file systems), which is flushed, fsync'ed and renamed over
-    ``path`` with ``os.replace``. If anything fails, the temporary file is
-    removed and an existing ``path`` is left untouched.
+    The bytes go to a uniquely named temporary file in the same directory (so
+    the rename does not cross file systems, and concurrent writers of the same
+    ``path`` each have their own), which is flushed, fsync'ed and renamed over
+    ``path`` with ``os.replace``: the last writer wins, whole. The file's mode
+    is that of a new file made by ``open()``, ``0o666 & ~umask``. If anything
+    fails, the temporary file is removed and an existing ``path`` is left
+    untouched.
 
     Returns:
       ``path`` as a :class:`~pathlib.Path`.
@@ -127,7 +133,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ValueError(f"data: expected bytes, got {type(data).__name__}.")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -142,6 +148,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+_TEMPORARY_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file ``.<name>.<random>.tmp`` beside ``path``, open for writing.
+
+    Unlike ``tempfile.mkstemp``, which creates its file with mode 0o600, it is
+    created with mode 0o666, so the kernel applies the umask (and any default
+    ACL of the directory) exactly as for ``open(path, "wb")``. ``O_EXCL`` makes
+    the name this caller's alone.
+    """
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, _TEMPORARY_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"path: no free temporary name beside {path} after 100 tries.")
 
 
 def _fsync_dir(directory: Path) -> None:
