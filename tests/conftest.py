@@ -4,6 +4,12 @@ float64 is enabled for the whole session (``jax_enable_x64``); float32 tests
 ask for float32 explicitly (``model.init(key, dtype=jnp.float32)``), so both
 precisions are exercised in one run.
 
+The suite runs on up to four cores: unless the command line says otherwise
+(``-n N``, ``-n 0``, ``--tx``, or ``-p no:xdist`` to run without the plugin),
+``pytest_cmdline_main`` below asks pytest-xdist for ``-n auto --maxprocesses=4``.
+So ``python -m pytest`` (the README's and CI's command) runs in parallel, and
+``python -m pytest tests/test_mlp.py -p no:xdist`` runs in one plain process.
+
 Hypothesis profiles (select with ``HYPOTHESIS_PROFILE=name``):
   ``ci`` (default): few examples per test, derandomised, so CI is fast and repeatable;
   ``thorough``: many more examples, for a local deep check.
@@ -17,6 +23,26 @@ jax.config.update("jax_enable_x64", True)
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
+
+MAX_WORKERS = 4
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """``-n auto --maxprocesses=4`` when xdist is loaded and no distribution was asked for.
+
+    Runs before xdist's own ``pytest_cmdline_main``, which turns ``numprocesses``
+    into workers. Not in xdist's workers (they must not spawn workers of their own).
+    """
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return
+    option = config.option
+    if option.numprocesses is not None or option.tx:
+        return  # the user chose the workers: -n N, -n 0 or --tx
+    option.numprocesses = "auto"
+    if option.maxprocesses is None:
+        option.maxprocesses = MAX_WORKERS
+
 
 settings.register_profile(
     "ci",
