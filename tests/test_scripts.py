@@ -161,7 +161,9 @@ def test_taylor_script_measures_the_linear_prediction_error(tmp_path, capsys):
     """The seed's question, measured: the tangent's error grows like η; 2nd order is better."""
     taylor_script = _load_script("taylor")
     out = tmp_path / "taylor"
-    assert taylor_script.main(["--out", str(out), "--points", "13", "--epochs", "20"]) == 0
+    # --threshold 0.6: reached by the steps in layers 1-2 on this grid, not by layer 3 (max 0.43)
+    argv = ["--out", str(out), "--points", "13", "--epochs", "20", "--threshold", "0.6"]
+    assert taylor_script.main(argv) == 0
     summary = json.loads((out / "taylor.json").read_text())
     for name in summary["figures"]:
         height, width, _ = _png_shape(out / name)
@@ -185,6 +187,26 @@ def test_taylor_script_measures_the_linear_prediction_error(tmp_path, capsys):
     newton = summary["newton"]
     assert newton["linear_regression_distance"] < 1e-8
     assert newton["mlp_grad_norm_after"] > 1e-3
+    # the table names a threshold never reached as a bound on η, never "nan"
+    printed = capsys.readouterr().out
+    assert "η @ 60% err" in printed and "nan" not in printed.lower()
+    eta_max = f"> {etas.max():.4g}"
+    reached = {
+        label: np.isfinite(r["eta_where_first_order_error_exceeds_threshold"])
+        for label, r in summary["per_direction"].items()
+    }
+    assert not reached["layer 3"] and reached["layer 1"]  # both kinds of row are shown
+    for label, was_reached in reached.items():
+        row = next(line for line in printed.splitlines() if line.startswith(label))
+        assert (eta_max in row) != was_reached, row
+    assert f"up to the largest η swept, η_max = {etas.max():.4g}" in printed
+
+
+def test_taylor_script_says_a_threshold_beyond_the_swept_range_is_above_eta_max():
+    cell = _load_script("taylor").eta_threshold_cell
+    etas = np.geomspace(1e-3, 4.6321, 5)
+    assert cell(float("nan"), etas) == "> 4.632"
+    assert cell(0.9712, etas) == "0.9712"
 
 
 def test_sharpness_script_tracks_lambda_max_up_to_2_over_eta(tmp_path, capsys):
