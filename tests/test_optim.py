@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from gdjax import MLP, backprop, optim
+from gdjax import MLP, backprop, optim, train
 
 LOSS = "softmax_cross_entropy"
 STEPS = 200
@@ -49,6 +49,13 @@ OPTIMIZERS = [
         lambda lr: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8),
         3e-3,
         id="adam",
+    ),
+    # λ = 0.1: the decay ηλθ removes ~6 % of each weight over the 200 steps
+    pytest.param(
+        lambda lr: optim.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1),
+        lambda lr: optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1),
+        3e-3,
+        id="adamw",
     ),
 ]
 
@@ -138,7 +145,8 @@ def test_schedule_matches_optax(make_ours, make_theirs, lr):
     """
     schedule = optax.exponential_decay(lr, transition_steps=3, decay_rate=0.5)
     ours, theirs = make_ours(schedule), make_theirs(schedule)
-    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(3)}
+    rng = np.random.default_rng(1)  # non-zero params: adamw's decay −η_k λ θ is compared too
+    params = {"w": jnp.asarray(rng.normal(size=(3, 2))), "b": jnp.asarray(rng.normal(size=3))}
     s_ours, s_ref = ours.init(params), theirs.init(params)
     rng = np.random.default_rng(0)
     for _ in range(12):
@@ -168,6 +176,41 @@ def test_adam_bias_correction_gives_steps_of_length_eta():
             updates, jax.tree.map(lambda g: -lr * jnp.sign(g), g), rtol=1e-4
         )
     assert int(state.count) == 5
+
+
+def test_adamw_decay_is_decoupled_from_the_adaptive_scaling():
+    """AdamW's decay shrinks θ by ηλθ per step; an L2 term in the gradient would be rescaled.
+
+    With g = 0 the moments stay zero, so the update is exactly −ηλθ. Adam on the
+    L2-regularised gradient g + λθ instead steps ≈ −η sign(θ), whatever λ is.
+    """
+    lr, decay = 1e-2, 0.5
+    params = {"w": jnp.array([[0.5, -3.0], [1e-3, 40.0]]), "b": jnp.array([-2e-2, 7.0])}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    opt = optim.adamw(lr, weight_decay=decay)
+    state = opt.init(params)
+    for _ in range(3):
+        updates, state = opt.update(zero, state, params)
+        chex.assert_trees_all_close(updates, jax.tree.map(lambda p: -lr * decay * p, params))
+    chex.assert_trees_all_equal(state.mu, zero)
+    l2 = optim.adam(lr)
+    coupled, _ = l2.update(jax.tree.map(lambda p: decay * p, params), l2.init(params))
+    chex.assert_trees_all_close(
+        coupled, jax.tree.map(lambda p: -lr * jnp.sign(p), params), rtol=1e-4
+    )
+
+
+def test_adamw_without_decay_is_adam_and_needs_params():
+    g = {"w": jnp.array([0.5, -3.0])}
+    params = {"w": jnp.array([1.0, -2.0])}
+    ours, adam = optim.adamw(0.1, weight_decay=0.0), optim.adam(0.1)
+    s_ours, s_adam = ours.init(params), adam.init(params)
+    for _ in range(3):
+        u_ours, s_ours = ours.update(g, s_ours, params)
+        u_adam, s_adam = adam.update(g, s_adam, params)
+        chex.assert_trees_all_equal(u_ours, u_adam)
+    with pytest.raises(ValueError, match=r"^params: adamw's update needs the current params"):
+        ours.update(g, s_ours)
 
 
 def test_rmsprop_has_eps_inside_the_root_and_no_bias_correction():
@@ -236,6 +279,14 @@ def test_hyperparameters_may_be_traced():
         u_ref, s_ref = jax.jit(ref.update)(g, s_ref)
         chex.assert_trees_all_close(u_ours, u_ref, rtol=1e-12)
 
+    ours = optax.inject_hyperparams(optim.adamw)(learning_rate=0.1, weight_decay=0.3)
+    ref = optax.inject_hyperparams(optax.adamw)(learning_rate=0.1, weight_decay=0.3)
+    s_ours, s_ref = ours.init(g), ref.init(g)
+    for _ in range(3):
+        u_ours, s_ours = jax.jit(ours.update)(g, s_ours, g)
+        u_ref, s_ref = jax.jit(ref.update)(g, s_ref, g)
+        chex.assert_trees_all_close(u_ours, u_ref, rtol=1e-12)
+
     def first_update(lr):
         opt = optim.momentum(lr, beta=0.9)
         return opt.update(g, opt.init(g))[0]["w"]
@@ -246,17 +297,44 @@ def test_hyperparameters_may_be_traced():
 
 
 def test_names_and_get():
-    assert optim.names() == ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+    assert optim.names() == ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
+    # the names train.make_optimizer takes (there: optax's implementations)
+    assert set(optim.names()) == set(train.OPTIMIZERS)
     g = jnp.array([0.5, -3.0])
     ours, direct = optim.get("adam", learning_rate=0.1, b1=0.5), optim.adam(0.1, b1=0.5)
     np.testing.assert_array_equal(
         ours.update(g, ours.init(g))[0], direct.update(g, direct.init(g))[0]
     )
+    ours = optim.get("adamw", learning_rate=0.1, weight_decay=0.5)
+    direct = optim.adamw(0.1, weight_decay=0.5)
+    np.testing.assert_array_equal(
+        ours.update(g, ours.init(g), g)[0], direct.update(g, direct.init(g), g)[0]
+    )
     with pytest.raises(
         ValueError,
-        match="name: expected one of sgd, momentum, nesterov, rmsprop, adam, got 'adamw'",
+        match="name: expected one of sgd, momentum, nesterov, rmsprop, adam, adamw, got 'adagrad'",
     ):
-        optim.get("adamw", learning_rate=0.1)
+        optim.get("adagrad", learning_rate=0.1)
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_get_without_a_learning_rate_names_it(name):
+    """Not Python's "missing 1 required positional argument": the name and how to pass it."""
+    with pytest.raises(
+        ValueError,
+        match=rf"^learning_rate: expected .* for '{name}', got none; pass it, "
+        rf"e\.g\. get\('{name}', learning_rate=1e-3\)\.$",
+    ):
+        optim.get(name)
+
+
+def test_get_names_an_unknown_hyperparameter():
+    with pytest.raises(
+        ValueError,
+        match=r"^hyperparams: expected some of learning_rate, b1, b2, eps for 'adam', "
+        r"got 'lr', 'momentum'\.$",
+    ):
+        optim.get("adam", learning_rate=0.1, lr=0.1, momentum=0.9)
 
 
 # (factory, keyword arguments, the argument the message must name)
@@ -275,6 +353,19 @@ BAD_HYPERPARAMS = [
     pytest.param(optim.adam, {"learning_rate": 0.1, "b1": 1.0}, "b1", id="b1"),
     pytest.param(optim.adam, {"learning_rate": 0.1, "b2": None}, "b2", id="b2-none"),
     pytest.param(optim.adam, {"learning_rate": 0.1, "eps": -1e-8}, "eps", id="adam-eps"),
+    pytest.param(optim.adamw, {"learning_rate": 0.0}, "learning_rate", id="adamw-lr"),
+    pytest.param(
+        optim.adamw, {"learning_rate": 0.1, "weight_decay": -1e-4}, "weight_decay", id="wd-neg"
+    ),
+    pytest.param(
+        optim.adamw,
+        {"learning_rate": 0.1, "weight_decay": float("nan")},
+        "weight_decay",
+        id="wd-nan",
+    ),
+    pytest.param(
+        optim.adamw, {"learning_rate": 0.1, "weight_decay": "0.1"}, "weight_decay", id="wd-str"
+    ),
 ]
 
 
@@ -293,10 +384,11 @@ def test_bad_hyperparameters_fail_early_naming_the_argument(factory, kwargs, arg
         (optim.sgd, {"learning_rate": jnp.asarray(0.1)}),
         (optim.momentum, {"learning_rate": 0.1, "beta": 0}),
         (optim.adam, {"learning_rate": 0.1, "b1": 0.0, "b2": 0.0}),
+        (optim.adamw, {"learning_rate": 0.1, "weight_decay": 0}),
     ],
 )
 def test_edge_hyperparameters_are_accepted(factory, kwargs):
     opt = factory(**kwargs)
     g = jnp.array([0.5, -3.0])
-    updates, _ = opt.update(g, opt.init(g))
+    updates, _ = opt.update(g, opt.init(g), g)
     assert bool(jnp.all(jnp.isfinite(updates)))

@@ -15,21 +15,25 @@ element, and every accumulator starts at zero.
     adam       m ← β₁ m + (1 − β₁) g,  v ← β₂ v + (1 − β₂) g²,
                m̂ = m / (1 − β₁ᵗ),  v̂ = v / (1 − β₂ᵗ),
                θ ← θ − η m̂ / (√v̂ + ε)                         Kingma & Ba (2015)
+    adamw      m, v, m̂, v̂ as in adam,
+               θ ← θ − η (m̂ / (√v̂ + ε) + λ θ)                 Loshchilov & Hutter (2019)
 
 Each reproduces its optax counterpart to rounding (checked over 200 steps of an
 MLP in ``tests/test_optim.py``): ``optax.sgd(η)``, ``optax.sgd(η, momentum=β)``,
-``optax.sgd(η, momentum=β, nesterov=True)``, ``optax.rmsprop(η, ρ, ε)`` and
-``optax.adam(η, β₁, β₂, ε)``.
+``optax.sgd(η, momentum=β, nesterov=True)``, ``optax.rmsprop(η, ρ, ε)``,
+``optax.adam(η, β₁, β₂, ε)`` and ``optax.adamw(η, β₁, β₂, ε, weight_decay=λ)``.
 
 The learning rate is a positive number or, as in optax, a schedule: a callable
 ``k ↦ η_k`` of the number k = 0, 1, … of updates already made (for instance
 ``optax.exponential_decay(0.1, 100, 0.5)``), evaluated inside ``update``.
 Hyper-parameters are checked when the transformation is built, and a bad one
-raises ``ValueError`` naming it. :func:`get` builds a rule from its name.
+(or, in :func:`get`, a missing or unknown one) raises ``ValueError`` naming it.
+:func:`get` builds a rule from its name.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -52,6 +56,7 @@ __all__ = [
     "nesterov",
     "rmsprop",
     "adam",
+    "adamw",
     "get",
     "names",
 ]
@@ -81,7 +86,8 @@ class RmspropState(NamedTuple):
 
 
 class AdamState(NamedTuple):
-    """State of :func:`adam`: the step t (``count``), m (``mu``) and v (``nu``), uncorrected."""
+    """State of :func:`adam` and :func:`adamw`: the step t (``count``), m (``mu``) and v
+    (``nu``), uncorrected."""
 
     count: jax.Array
     mu: optax.Params
@@ -138,6 +144,23 @@ def _check_eps(value):
         )
     return x
 
+
+def _check_weight_decay(value):
+    if not is_concrete(value):
+        return value
+    x = _real(value)
+    if x is None or not (0 <= x < math.inf):
+        raise ValueError(
+            f"weight_decay: expected a non-negative finite number (λ, the fraction of θ "
+            f"removed per unit of learning rate), got {value!r}."
+        )
+    return x
+
+
+_NEEDS_PARAMS = (
+    "params: adamw's update needs the current params θ for its decay term −ηλθ, got None; "
+    "call opt.update(grads, state, params)."
+)
 
 # ---------------------------------------------------------------- shared pieces
 
@@ -439,18 +462,99 @@ def adam(
 
     def update_fn(updates, state, params=None):
         del params
-        # The terms in optax's order (see rmsprop): the same rounding, bit for bit.
-        mu = jax.tree.map(lambda m, g: (1 - b1) * g + b1 * m, state.mu, updates)
-        nu = jax.tree.map(lambda v, g: (1 - b2) * g**2 + b2 * v, state.nu, updates)
-        t = optax.safe_increment(state.count)
-        # 1 − βᵗ is formed at the precision of the integer power, then cast to
-        # each leaf's dtype (as optax does), so float32 moments stay float32.
-        correction1, correction2 = 1 - b1**t, 1 - b2**t
-        m_hat = jax.tree.map(lambda m: m / correction1.astype(m.dtype), mu)
-        v_hat = jax.tree.map(lambda v: v / correction2.astype(v.dtype), nu)
-        direction = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), m_hat, v_hat)
-        updates = _descend(learning_rate, state.count, direction)
-        return updates, AdamState(count=t, mu=mu, nu=nu)
+        direction, new_state = _adam_direction(b1, b2, eps, updates, state)
+        return _descend(learning_rate, state.count, direction), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _adam_direction(b1, b2, eps, grads, state: AdamState) -> tuple[optax.Updates, AdamState]:
+    """Adam's step direction ``m̂ / (√v̂ + ε)`` and the state after step t = count + 1."""
+    # The terms in optax's order (see rmsprop): the same rounding, bit for bit.
+    mu = jax.tree.map(lambda m, g: (1 - b1) * g + b1 * m, state.mu, grads)
+    nu = jax.tree.map(lambda v, g: (1 - b2) * g**2 + b2 * v, state.nu, grads)
+    t = optax.safe_increment(state.count)
+    # 1 − βᵗ is formed at the precision of the integer power, then cast to
+    # each leaf's dtype (as optax does), so float32 moments stay float32.
+    correction1, correction2 = 1 - b1**t, 1 - b2**t
+    m_hat = jax.tree.map(lambda m: m / correction1.astype(m.dtype), mu)
+    v_hat = jax.tree.map(lambda v: v / correction2.astype(v.dtype), nu)
+    direction = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), m_hat, v_hat)
+    return direction, AdamState(count=t, mu=mu, nu=nu)
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-4,
+) -> optax.GradientTransformation:
+    """AdamW: Adam with weight decay decoupled from the gradient.
+
+    m, v, m̂ and v̂ are Adam's (see :func:`adam`), built from the gradient
+    g = ∂C/∂θ alone. The decay λθ is added to Adam's direction *after* the
+    normalisation by √v̂, so every weight shrinks by the same fraction ηλ per
+    step, whatever its gradient history:
+
+    .. math::
+
+        m ← β_1 m + (1 − β_1) g,\\quad v ← β_2 v + (1 − β_2) g^2,
+
+        \\hat m = \\frac{m}{1 − β_1^t},\\quad \\hat v = \\frac{v}{1 − β_2^t},\\quad
+        θ ← θ − η \\left(\\frac{\\hat m}{\\sqrt{\\hat v} + ε} + λ θ\\right)
+
+    Adam with an L2 penalty ½λ‖θ‖² in C instead feeds λθ through m and v, so
+    weights with large gradients are barely regularised; Loshchilov & Hutter
+    show the two differ for adaptive methods (they coincide for plain SGD).
+    In their Algorithm 2 the step is η_t (α m̂ / (√v̂ + ε) + λθ), with α the
+    step size and η_t a schedule multiplier; here, as in ``optax.adamw`` and
+    ``torch.optim.AdamW``, one learning rate η (possibly a schedule) multiplies
+    both terms (α = 1, η_t = η), so the decay per step is ηλ. It matches
+    ``optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay)``, and
+    with λ = 0 it is :func:`adam`.
+
+    Args:
+      learning_rate: η, a positive number, or a schedule ``k ↦ η_k``.
+      b1: β₁ in [0, 1), the decay of the first moment m.
+      b2: β₂ in [0, 1), the decay of the second moment v.
+      eps: ε > 0, added to √v̂ in the denominator.
+      weight_decay: λ ≥ 0, the decay coefficient (optax's default, 1e-4).
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`AdamState`; its
+      update is ``−η (m̂ / (√v̂ + ε) + λθ)``, so ``update`` needs the params:
+      ``opt.update(grads, state, params)``.
+
+    Examples:
+      >>> opt = adamw(learning_rate=0.1, weight_decay=0.5)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> state = opt.init(params)
+      >>> zero = {"w": jnp.zeros(2)}
+      >>> updates, state = opt.update(zero, state, params)  # g = 0: only the decay −ηλθ
+      >>> [round(float(u), 4) for u in updates["w"]]
+      [-0.05, 0.1]
+
+    References:
+      Loshchilov & Hutter (2019), "Decoupled weight decay regularization",
+      ICLR, Algorithm 2 (AdamW).
+    """
+    learning_rate = _check_learning_rate(learning_rate)
+    b1 = _check_decay("b1", b1)
+    b2 = _check_decay("b2", b2)
+    eps = _check_eps(eps)
+    weight_decay = _check_weight_decay(weight_decay)
+
+    def init_fn(params):
+        return AdamState(count=_new_count(), mu=_zeros_like(params), nu=_zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(_NEEDS_PARAMS)
+        direction, new_state = _adam_direction(b1, b2, eps, updates, state)
+        # d + λθ, then −η times it: optax's order (add_decayed_weights, then the rate)
+        direction = jax.tree.map(lambda d, p: d + weight_decay * p, direction, params)
+        return _descend(learning_rate, state.count, direction), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -463,6 +567,7 @@ _REGISTRY: dict[str, Callable[..., optax.GradientTransformation]] = {
     "nesterov": nesterov,
     "rmsprop": rmsprop,
     "adam": adam,
+    "adamw": adamw,
 }
 
 
@@ -475,6 +580,9 @@ def get(name: str, **hyperparams) -> optax.GradientTransformation:
     """Build the update rule called ``name`` with the given hyper-parameters.
 
     ``get("adam", learning_rate=1e-3, b1=0.9)`` is ``adam(learning_rate=1e-3, b1=0.9)``.
+    The names are those :func:`gdjax.train.make_optimizer` takes. ``learning_rate``
+    is required; a missing one, or a hyper-parameter the rule does not take,
+    raises ``ValueError`` naming it.
 
     >>> opt = get("momentum", learning_rate=0.1, beta=0.5)
     >>> state = opt.init(jnp.zeros(2))
@@ -483,4 +591,17 @@ def get(name: str, **hyperparams) -> optax.GradientTransformation:
     """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"name: expected one of {', '.join(names())}, got {name!r}.")
-    return _REGISTRY[name](**hyperparams)
+    factory = _REGISTRY[name]
+    if "learning_rate" not in hyperparams:
+        raise ValueError(
+            f"learning_rate: expected {_LEARNING_RATE} for {name!r}, got none; pass it, "
+            f"e.g. get({name!r}, learning_rate=1e-3)."
+        )
+    accepted = tuple(inspect.signature(factory).parameters)
+    unknown = sorted(set(hyperparams) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"hyperparams: expected some of {', '.join(accepted)} for {name!r}, "
+            f"got {', '.join(map(repr, unknown))}."
+        )
+    return factory(**hyperparams)
