@@ -119,6 +119,7 @@ from gdjax.runs import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "NORMS",
+    "OUT_AXES",
     "random_direction",
     "normalize_direction",
     "filter_normalized_direction",
@@ -278,19 +279,47 @@ def _row_norms(a: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.reshape(a, (a.shape[0], -1)) ** 2, axis=1))
 
 
-def _normalize_leaf(d, p, norm: str, include_bias: bool):
+OUT_AXES = {"torch": 0, "gdjax": 0, "flax": -1}
+"""Presets of ``out_axis``: gdjax, PyTorch and Equinox store weights ``(out, in, ...)``
+(axis 0); Flax stores Dense kernels ``(in, out)`` and conv kernels ``(..., in, out)`` (axis −1)."""
+
+
+def _check_out_axis(out_axis) -> int:
+    if isinstance(out_axis, str):
+        if out_axis not in OUT_AXES:
+            raise ValueError(
+                f"out_axis: expected an integer axis or one of {', '.join(map(repr, OUT_AXES))}, "
+                f"got {out_axis!r}."
+            )
+        return OUT_AXES[out_axis]
+    if isinstance(out_axis, bool) or not isinstance(out_axis, int | np.integer):
+        raise ValueError(
+            f"out_axis: expected an integer axis or one of {', '.join(map(repr, OUT_AXES))}, "
+            f"got {out_axis!r}."
+        )
+    return int(out_axis)
+
+
+def _normalize_leaf(d, p, norm: str, include_bias: bool, out_axis: int = 0):
     d, p = jnp.asarray(d), jnp.asarray(p)
     if d.ndim <= 1 and not include_bias:
         return jnp.zeros_like(d)
     if norm == "none":
         return d
-    if norm == "filter" and d.ndim >= 2:  # filters = slices along the first (output) axis
-        scale_shape = (d.shape[0],) + (1,) * (d.ndim - 1)
-        return _scaled(
-            d,
-            jnp.reshape(_row_norms(p), scale_shape),
-            jnp.reshape(_row_norms(d), scale_shape),
+    if norm == "filter" and d.ndim >= 2:  # filters = slices along the output axis
+        if not -d.ndim <= out_axis < d.ndim:
+            raise ValueError(
+                f"out_axis: expected an axis of every weight leaf, got {out_axis} for a leaf "
+                f"of shape {d.shape}."
+            )
+        d_front, p_front = jnp.moveaxis(d, out_axis, 0), jnp.moveaxis(p, out_axis, 0)
+        scale_shape = (d_front.shape[0],) + (1,) * (d.ndim - 1)
+        scaled = _scaled(
+            d_front,
+            jnp.reshape(_row_norms(p_front), scale_shape),
+            jnp.reshape(_row_norms(d_front), scale_shape),
         )
+        return jnp.moveaxis(scaled, 0, out_axis)
     # layer norm, or a lone 1-D leaf under filter norm: the whole leaf is one filter
     return _scaled(d, jnp.linalg.norm(p), jnp.linalg.norm(d))
 
@@ -302,29 +331,39 @@ def _is_layer(p) -> bool:
     return len(w) >= 2 and len(b) == 1 and b[0] == w[0]
 
 
-def _normalize_node(d, p, norm: str, include_bias: bool):
-    if norm == "filter" and include_bias and _is_layer(p):
+def _normalize_node(d, p, norm: str, include_bias: bool, out_axis: int = 0):
+    if norm == "filter" and include_bias and out_axis == 0 and _is_layer(p):
         # filter i = the neuron's incoming params (w_i, b_i): the row of [w | b]
         dw, db = jnp.asarray(d["w"]), jnp.asarray(d["b"])
         pw, pb = jnp.asarray(p["w"]), jnp.asarray(p["b"])
         target = jnp.sqrt(_row_norms(pw) ** 2 + pb**2)
         current = jnp.sqrt(_row_norms(dw) ** 2 + db**2)
         rows = (-1,) + (1,) * (dw.ndim - 1)  # broadcast a per-neuron scale over w's row
-        out = {k: _normalize_node(d[k], p[k], norm, include_bias) for k in p if k not in ("w", "b")}
+        out = {
+            k: _normalize_node(d[k], p[k], norm, include_bias, out_axis)
+            for k in p
+            if k not in ("w", "b")
+        }
         out["w"] = _scaled(dw, jnp.reshape(target, rows), jnp.reshape(current, rows))
         out["b"] = _scaled(db, target, current)
         return {k: out[k] for k in p}
     if isinstance(p, dict):
-        return {k: _normalize_node(d[k], p[k], norm, include_bias) for k in p}
+        return {k: _normalize_node(d[k], p[k], norm, include_bias, out_axis) for k in p}
     if type(p) in (list, tuple):
         return type(p)(
-            _normalize_node(di, pi, norm, include_bias) for di, pi in zip(d, p, strict=True)
+            _normalize_node(di, pi, norm, include_bias, out_axis)
+            for di, pi in zip(d, p, strict=True)
         )
-    return jax.tree.map(lambda di, pi: _normalize_leaf(di, pi, norm, include_bias), d, p)
+    return jax.tree.map(lambda di, pi: _normalize_leaf(di, pi, norm, include_bias, out_axis), d, p)
 
 
 def normalize_direction(
-    direction: PyTree, params: PyTree, *, norm: str = "filter", include_bias: bool = False
+    direction: PyTree,
+    params: PyTree,
+    *,
+    norm: str = "filter",
+    include_bias: bool = False,
+    out_axis: int | str = 0,
 ) -> PyTree:
     """Rescale a direction to the scale of ``params``, filter by filter (Li et al. 2018).
 
@@ -341,7 +380,10 @@ def normalize_direction(
     be compared).
 
     - ``norm="filter"``: as above; leaves with ≥ 2 dims are cut into filters
-      along their first axis (``w`` is ``(n_out, n_in)``: rows).
+      along their output axis ``out_axis``: 0 for gdjax, PyTorch and Equinox
+      (``w`` is ``(n_out, n_in)``: rows; a conv kernel ``(out, in, k…)``: one
+      filter per output channel), −1 for Flax (Dense kernels ``(in, out)``,
+      conv kernels ``(k…, in, out)``); presets :data:`OUT_AXES`.
     - ``norm="layer"``: each leaf as a whole: ``d ← d ‖θ‖ / ‖d‖``.
     - ``norm="none"``: the direction unchanged.
 
@@ -360,6 +402,11 @@ def normalize_direction(
       params: θ, the point the landscape is centred on.
       norm: one of :data:`NORMS`.
       include_bias: keep (and normalise) the bias directions instead of zeroing them.
+      out_axis: the output axis of every leaf with ≥ 2 dims, an int or a preset
+        of :data:`OUT_AXES` (``"torch"``/``"gdjax"``: 0, ``"flax"``: −1). A bias
+        joins its neuron's filter (``include_bias``) in the ``{"w", "b"}``
+        layout with ``out_axis=0`` only; elsewhere 1-D leaves are zeroed, or
+        rescaled as a whole with ``include_bias``.
 
     Returns:
       The normalised direction, a pytree shaped like ``params``.
@@ -375,13 +422,19 @@ def normalize_direction(
       Landscape of Neural Nets", NeurIPS, §4 (filter-wise normalisation).
     """
     _check_norm(norm)
+    out_axis = _check_out_axis(out_axis)
     _check_params("params", params)
     _check_like("direction", direction, params)
-    return _normalize_node(direction, params, norm, bool(include_bias))
+    return _normalize_node(direction, params, norm, bool(include_bias), out_axis)
 
 
 def filter_normalized_direction(
-    key: jax.Array, params: PyTree, *, norm: str = "filter", include_bias: bool = False
+    key: jax.Array,
+    params: PyTree,
+    *,
+    norm: str = "filter",
+    include_bias: bool = False,
+    out_axis: int | str = 0,
 ) -> PyTree:
     """A random direction, normalised: ``normalize_direction(random_direction(key, θ), θ)``.
 
@@ -393,6 +446,7 @@ def filter_normalized_direction(
       params: θ.
       norm: one of :data:`NORMS` (default ``"filter"``).
       include_bias: see :func:`normalize_direction`.
+      out_axis: the output axis of weight leaves, see :func:`normalize_direction`.
 
     Returns:
       A pytree shaped like ``params``.
@@ -409,8 +463,13 @@ def filter_normalized_direction(
       Li et al. (2018), "Visualizing the Loss Landscape of Neural Nets".
     """
     _check_norm(norm)
+    out_axis = _check_out_axis(out_axis)
     return normalize_direction(
-        random_direction(key, params), params, norm=norm, include_bias=include_bias
+        random_direction(key, params),
+        params,
+        norm=norm,
+        include_bias=include_bias,
+        out_axis=out_axis,
     )
 
 
