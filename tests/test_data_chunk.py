@@ -79,3 +79,21 @@ def test_data_chunk_needs_args_of_one_length(problem):
     f, params, x, y = problem
     with pytest.raises(ValueError, match=r"data_chunk: expected every data argument to have"):
         curvature.hvp(f, params, params, x, y[:-1], data_chunk=4)
+
+
+def test_dense_newton_on_a_singular_hessian_is_not_converged():
+    def f(p):
+        return (
+            0.5 * p[0] ** 2 + p[1]
+        )  # H = diag(1, 0): singular, ∇C has a part along the null space
+
+    res = curvature.newton_step(f, jnp.array([1.0, 0.0]), method="dense")
+    assert not res.converged
+    ok = curvature.newton_step(lambda p: 0.5 * jnp.sum(p**2), jnp.array([1.0, 2.0]), method="dense")
+    assert ok.converged
+    np.testing.assert_allclose(ok.params, [0.0, 0.0], atol=1e-12)
+
+
+def test_hvp_refuses_nan_params_like_its_neighbours():
+    with pytest.raises(ValueError, match=r"params: expected finite values"):
+        curvature.hvp(lambda p: jnp.sum(p**2), jnp.array([1.0, jnp.nan]), jnp.ones(2))

@@ -183,6 +183,7 @@ def hvp(
       Pearlmutter (1994), "Fast exact multiplication by the Hessian", Neural
       Computation 6(1).
     """
+    _check_params(params)
     _check_like("v", v, params)
     check_finite_args(args)
     data_chunk = _check_data_chunk(data_chunk, args)
@@ -2071,7 +2072,9 @@ def newton_step(
       damping: λ ≥ 0, added to the diagonal of H (Levenberg–Marquardt damping).
       method: ``"dense"`` or ``"cg"``.
       cg_iters: most CG iterations (default n, the number of parameters).
-      tol: CG stops when ``‖(H + λI)p + ∇C‖ ≤ tol·‖∇C‖``.
+      tol: CG stops when ``‖(H + λI)p + ∇C‖ ≤ tol·‖∇C‖``; the dense solve is
+        converged when it is finite and that relative residual is at most
+        ``max(tol, 1000ε)`` (a singular ``H + λI`` gives Inf/NaN: not converged).
 
     Returns:
       A :class:`NewtonResult` ``(params, iterations, residual, converged, negative_curvature)``.
@@ -2099,7 +2102,12 @@ def newton_step(
                 f"{MAX_DENSE_PARAMS} parameters, got {n}. Use method='cg'."
             )
         new, residual = _dense_newton(f, params, damping, args)
-        return NewtonResult(new, 0, float(residual), True, False)
+        residual = float(residual)
+        # A singular H + λI gives Inf/NaN from the solve: never a converged step.
+        finite = bool(jax.tree.all(jax.tree.map(lambda a: jnp.all(jnp.isfinite(a)), new)))
+        eps = float(jnp.finfo(jnp.result_type(*jax.tree.leaves(params))).eps)
+        converged = finite and residual <= max(tol, 1e3 * eps)
+        return NewtonResult(new, 0, residual, converged, False)
     cg_iters = n if cg_iters is None else check_positive_int("cg_iters", cg_iters)
     new, iterations, residual, neg = _cg_newton(f, params, damping, cg_iters, tol, args)
     residual = float(residual)
