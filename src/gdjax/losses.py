@@ -13,7 +13,10 @@ units**, so its gradient with respect to the prediction carries a factor 1/n:
 
 The cross-entropies take logits (pair them with ``output_activation="identity"``)
 and are evaluated in a numerically stable form: logits of ±1e4 give finite
-values and gradients. ``softmax_cross_entropy`` takes integer labels of shape
+values and gradients. Their gradients do not cancel on confident logits:
+softmax(z)_y − 1 is −Σ_{j≠y} softmax(z)_j and σ(z) − 1 is −σ(−z), to rounding,
+where ``exp(z − logsumexp z) − y`` and ``jax.grad`` round them to 0
+(docs/precision.md). ``softmax_cross_entropy`` takes integer labels of shape
 ``(n,)`` or one-hot / probability targets of shape ``(n, k)``. Floating targets
 are cast to the prediction's dtype.
 """
@@ -123,9 +126,25 @@ def _softmax_ce(z, y):
 
 
 def _softmax_ce_grad(z, y):
+    # ∂C/∂z_k = (p_k S − y_k)/n, S = Σ_j y_j, p = softmax(z) = e / Σ_j e_j with
+    # e_j = e^{z_j − z_c} ∈ (0, 1] and c = argmax z (so e_c = 1). Every p_k, k ≠ c, is at most
+    # ½ and keeps its digits. p_c is near 1 for a confident row, where p_c S − y_c cancels
+    # (as exp(z − logsumexp z) − y and autodiff do) when y_c is near S: there it is
+    # evaluated as (S − y_c) − S(1 − p_c) = Σ_{j≠c} y_j − S Σ_{j≠c} e_j / Σ_j e_j, from sums
+    # of non-negative terms, so a one-hot row gets −(1 − p_c) to rounding however confident
+    # it is. Of the two forms, the one whose terms are smaller (so round less) is taken:
+    # the second when Σ_{j≠c} y_j < S p_c.
     y = _as_distribution(z, jnp.asarray(y))
-    p = jnp.exp(_log_softmax(z))
-    return (p * jnp.sum(y, axis=-1, keepdims=True) - y) / z.shape[0]
+    e = jnp.exp(z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True)))
+    lead = jax.nn.one_hot(jnp.argmax(z, axis=-1), z.shape[-1], dtype=jnp.bool_)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    s = jnp.sum(y, axis=-1, keepdims=True)
+    p = e / total
+    rest_e = jnp.sum(jnp.where(lead, 0, e), axis=-1, keepdims=True)  # Σ_{j≠c} e_j
+    rest_y = jnp.sum(jnp.where(lead, 0, y), axis=-1, keepdims=True)  # Σ_{j≠c} y_j
+    p_lead = 1 / total  # p_c, since e_c = 1
+    g = jnp.where(lead & (rest_y < s * p_lead), rest_y - s * (rest_e / total), p * s - y)
+    return g / z.shape[0]
 
 
 def _check_softmax_ce(pred_shape, y) -> None:
@@ -170,8 +189,11 @@ def _sigmoid_bce(z, y):
 
 
 def _sigmoid_bce_grad(z, y):
+    # σ(z) − y. For z > 0, σ(z) > ½ is rounded near 1 and σ(z) − y would cancel for y near 1:
+    # there it is (1 − y) − σ(−z), with σ(−z) < ½ keeping its digits, so y = 1 gets −σ(−z).
     y = jnp.asarray(y, z.dtype)
-    return (jax.nn.sigmoid(z) - y) / z.shape[0]
+    g = jnp.where(z > 0, (1 - y) - jax.nn.sigmoid(-z), jax.nn.sigmoid(z) - y)
+    return g / z.shape[0]
 
 
 def _check_sigmoid_bce(pred_shape, y) -> None:
