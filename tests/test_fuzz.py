@@ -242,6 +242,7 @@ def test_fit_refuses_nonsense_config(arg, value):
         "mesh": [None, True],
         "callback": [None],
         "progress": [True],
+        "grad": [None],  # the default: hand for an MLP, auto for any other model
     }
     if value is not np.nan and any(value is v or value == v for v in valid.get(arg, [])):
         if not isinstance(value, bool) or arg in ("mesh", "progress"):
