@@ -214,129 +214,71 @@ def test_resume_of_a_function_model_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+# Each case: what it changes in a one-epoch fit of the conv net, and the error it expects.
+# A value that is a function of (params, x, y) is called first (the data it needs).
 BAD = {
     "grad='hand' with a function model": (
-        lambda p, x, y: train.fit(
-            conv_apply,
-            "softmax_cross_entropy",
-            "sgd",
-            (x, y),
-            epochs=1,
-            key=jax.random.key(0),
-            params=p,
-            grad="hand",
-            learning_rate=0.1,
-            progress=False,
-        ),
+        {"grad": "hand"},
         r"grad: 'hand' is the hand-written backprop of gdjax.MLP",
     ),
     "no params for a function model": (
-        lambda p, x, y: train.fit(
-            conv_apply,
-            "softmax_cross_entropy",
-            "sgd",
-            (x, y),
-            epochs=1,
-            key=jax.random.key(0),
-            learning_rate=0.1,
-            progress=False,
-        ),
+        {"params": None},
         r"params: expected the starting params of ApplyModel\(.*conv_apply\)",
     ),
     "an output that does not match the labels": (
-        lambda p, x, y: train.fit(
-            conv_apply,
-            "softmax_cross_entropy",
-            "sgd",
-            (x, y[:, None]),
-            epochs=1,
-            key=jax.random.key(0),
-            params=p,
-            learning_rate=0.1,
-            progress=False,
-        ),
+        {"data": lambda p, x, y: (x, y[:, None])},
         r"y: expected integer labels of shape \(40,\)",
     ),
     "an output with one row for the batch": (
-        lambda p, x, y: train.fit(
-            lambda p, x: jnp.sum(conv_apply(p, x), 0, keepdims=True),
-            "softmax_cross_entropy",
-            "sgd",
-            (x, y),
-            epochs=1,
-            key=jax.random.key(0),
-            params=p,
-            learning_rate=0.1,
-            progress=False,
-        ),
+        {"model": lambda p, x: jnp.sum(conv_apply(p, x), 0, keepdims=True)},
         r"model: expected apply\(params, x\) to return one row per example",
     ),
     "params with a non-array leaf": (
-        lambda p, x, y: train.fit(
-            conv_apply,
-            "softmax_cross_entropy",
-            "sgd",
-            (x, y),
-            epochs=1,
-            key=jax.random.key(0),
-            params={**p, "act": jnp.tanh},
-            learning_rate=0.1,
-            progress=False,
-        ),
+        {"params": lambda p, x, y: {**p, "act": jnp.tanh}},
         r"params\['act'\]: expected a floating array, got object.*eqx.partition",
     ),
     "a loss that is not a scalar": (
-        lambda p, x, y: train.fit(
-            conv_apply,
-            lambda out, y: out,
-            "sgd",
-            (x, y),
-            epochs=1,
-            key=jax.random.key(0),
-            params=p,
-            learning_rate=0.1,
-            progress=False,
-        ),
+        {"loss": lambda out, y: out},
         r"loss: expected loss\(output, y\) to return a scalar",
     ),
     "diagnostics of a function model": (
-        lambda p, x, y: train.fit(
-            conv_apply,
-            "softmax_cross_entropy",
-            "sgd",
-            (x, y),
-            epochs=1,
-            key=jax.random.key(0),
-            params=p,
-            diagnostics_every=1,
-            learning_rate=0.1,
-            progress=False,
-        ),
+        {"diagnostics_every": 1},
         r"diagnostics_every: the per-layer",
     ),
     "a model that is neither": (
-        lambda p, x, y: train.fit(
-            3,
-            "mse",
-            "sgd",
-            (x, y),
-            epochs=1,
-            key=jax.random.key(0),
-            params=p,
-            learning_rate=0.1,
-            progress=False,
-        ),
+        {"model": 3, "loss": "mse"},
         r"model: expected a gdjax.MLP or a function, got int",
     ),
 }
 
+_NEEDS_DATA = ("data", "params")  # overrides computed from (params, x, y)
+
+
+def _fit_conv_args(p, x, y, overrides):
+    """The arguments of one epoch of the conv net by fit, with some replaced."""
+    kwargs = dict(
+        model=conv_apply,
+        loss="softmax_cross_entropy",
+        data=(x, y),
+        params=p,
+        epochs=1,
+        key=jax.random.key(0),
+        learning_rate=0.1,
+        progress=False,
+    )
+    for name, value in overrides.items():
+        kwargs[name] = value(p, x, y) if name in _NEEDS_DATA and callable(value) else value
+    return kwargs
+
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_generic_input_is_refused_by_name(case, compilations):
-    call, message = BAD[case]
-    params = conv_params(jax.random.key(0))
-    x, y = conv_data(jax.random.key(1))
+    overrides, message = BAD[case]
+    kwargs = _fit_conv_args(
+        conv_params(jax.random.key(0)), *conv_data(jax.random.key(1)), overrides
+    )
+    model, loss, data = kwargs.pop("model"), kwargs.pop("loss"), kwargs.pop("data")
     before = compilations.count
     with pytest.raises(ValueError, match=message):
-        call(params, x, y)
+        train.fit(model, loss, "sgd", data, **kwargs)
     assert compilations.count == before  # refused before anything compiles
