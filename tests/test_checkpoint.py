@@ -114,7 +114,7 @@ def test_every_checkpoint_of_a_pipelined_run_resumes_bit_identical(tmp_path, mon
     and resumed from; every resumed run must equal the uninterrupted one."""
     import shutil
 
-    monkeypatch.setattr(train._CheckpointWriter, "BUSY_FRACTION", 1.0)  # no throttling
+    monkeypatch.setattr(train.checkpoints._CheckpointWriter, "BUSY_FRACTION", 1.0)  # no throttling
     saved = []
     real_save = runs.save_checkpoint
 
@@ -138,15 +138,14 @@ def test_every_checkpoint_of_a_pipelined_run_resumes_bit_identical(tmp_path, mon
 def test_the_writer_keeps_the_newest_snapshot_and_reports_errors(tmp_path, monkeypatch):
     writes = []
     release = __import__("threading").Event()
-    history = {"epoch": [], "loss": [], "step_loss": []}
-    empty = ({}, history, {}, ({k: 0 for k in history}, {}))
+    empty = ({}, dict)  # no trees, and a history snapshot that builds {}
 
     def slow_save(run_dir, *, step, **kwargs):
         release.wait(5)
         writes.append(step)
 
     monkeypatch.setattr(runs, "save_checkpoint", slow_save)
-    writer = train._CheckpointWriter(tmp_path, {})
+    writer = train.checkpoints._CheckpointWriter(tmp_path, {})
     for step in range(1, 6):  # the first write blocks: 2, 3, 4 are replaced by newer ones
         writer.submit(step, empty, {})
         time.sleep(0.01)
@@ -158,14 +157,14 @@ def test_the_writer_keeps_the_newest_snapshot_and_reports_errors(tmp_path, monke
         raise OSError("disk full")
 
     monkeypatch.setattr(runs, "save_checkpoint", failing_save)
-    writer = train._CheckpointWriter(tmp_path, {})
+    writer = train.checkpoints._CheckpointWriter(tmp_path, {})
     writer.submit(1, empty, {})
     with pytest.raises(OSError, match="disk full"):
         writer.close()
 
 
 def test_checkpoints_end_blocks_and_hold_the_position(tmp_path):
-    assert train._epochs_per_call(100, [2]) == 2  # checkpoint_every joins the host events
+    assert train.epochs._epochs_per_call(100, [2]) == 2  # checkpoint_every joins the host events
     result = run(tmp_path, eval_every=0, callback=None, callback_every=1, epochs=7)
     manifest = json.loads((tmp_path / runs.CHECKPOINT_MANIFEST).read_text())
     assert manifest["step"] == 7  # the end of training is always checkpointed

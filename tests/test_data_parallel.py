@@ -98,7 +98,8 @@ for k in t.FIT_DEVICES:
 # The step is partitioned: the compiled program all-reduces the gradient sums.
 x, y, params = t.problem(jnp.float32)
 step = train.make_step(t.MODEL, t.LOSS, "sgd", mesh="local", learning_rate=0.1)
-args = train._put((params, step.optimizer.init(params)), train.NamedSharding(step.mesh, train.P()))
+replicated = train.step.NamedSharding(step.mesh, train.step.P())
+args = train.step._put((params, step.optimizer.init(params)), replicated)
 hlo = step.jitted.lower(*args, x, y).compile().as_text()
 out["all_reduce"] = np.asarray("all-reduce" in hlo)
 

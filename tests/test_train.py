@@ -258,23 +258,23 @@ def test_a_diverging_learning_rate_stops_with_a_clear_message(key, eval_every):
 def _spy_on_blocks(monkeypatch, force_guard=False, fake_not_finite_once=False):
     """Record the ``guard`` of every block function fit builds; optionally force the
     guard on, or report the first unguarded block as not finite (a false alarm)."""
-    real = train._make_epochs
+    real = train.epochs._make_epochs
     guards = []
 
-    def spy(model, loss, tx, grad, schedule, count, mesh=None, guard=True):
+    def spy(model, loss, tx, grad, schedule, count, mesh=None, guard=True, members=False):
         guard = guard or force_guard
         guards.append(guard)
-        run = real(model, loss, tx, grad, schedule, count, mesh, guard)
+        run = real(model, loss, tx, grad, schedule, count, mesh, guard, members)
         if guard or not fake_not_finite_once or len(guards) > 1:
             return run
 
         def first_block_flagged(*args):
             params, opt_state, values, _ = run(*args)
-            return params, opt_state, values, jnp.asarray(train.NOT_FINITE, jnp.int32)
+            return params, opt_state, values, jnp.asarray(train.epochs.NOT_FINITE, jnp.int32)
 
         return first_block_flagged
 
-    monkeypatch.setattr(train, "_make_epochs", spy)
+    monkeypatch.setattr(train.loop, "_make_epochs", spy)
     return guards
 
 
@@ -511,7 +511,7 @@ def test_pipelined_evaluation_reads_each_epochs_own_params(key):
     [(100, [], 32), (5, [], 5), (100, [10], 10), (100, [3, 2], 1), (100, [50], 25), (9, [64], 32)],
 )
 def test_epochs_per_call_ends_blocks_on_every_host_event(epochs, intervals, block):
-    assert train._epochs_per_call(epochs, intervals) == block
+    assert train.epochs._epochs_per_call(epochs, intervals) == block
 
 
 def test_blocks_of_epochs_give_the_per_epoch_result(key):
