@@ -43,7 +43,8 @@ The package, bottom to top: :mod:`~gdjax.train.step` (one step, the
 optimizers, meshes, evaluation), :mod:`~gdjax.train.epochs` (the jitted
 blocks of epochs), :mod:`~gdjax.train.history` (the host's record of a run),
 :mod:`~gdjax.train.checkpoints` (writing and resuming), then
-:mod:`~gdjax.train.loop` (:func:`fit`) on top.
+:mod:`~gdjax.train.loop` (:func:`fit`) and :mod:`~gdjax.train.population`
+(:func:`fit_population`, many members in one jitted run) on top.
 """
 
 from gdjax.metrics import accuracy as accuracy
@@ -52,6 +53,8 @@ from gdjax.train.epochs import steps_per_epoch as steps_per_epoch
 from gdjax.train.history import DivergedWarning as DivergedWarning
 from gdjax.train.loop import FitResult as FitResult
 from gdjax.train.loop import fit as fit
+from gdjax.train.population import PopulationResult as PopulationResult
+from gdjax.train.population import fit_population as fit_population
 from gdjax.train.step import DATA_AXIS as DATA_AXIS
 from gdjax.train.step import MEMBER_AXIS as MEMBER_AXIS
 from gdjax.train.step import OPTIMIZERS as OPTIMIZERS
@@ -66,6 +69,8 @@ __all__ = [
     "make_optimizer",
     "make_step",
     "fit",
+    "fit_population",
+    "PopulationResult",
     "evaluate",
     "FitResult",
     "DivergedWarning",

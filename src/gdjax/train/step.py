@@ -266,6 +266,7 @@ def make_step(
       over it; ``step.mesh`` is the resolved mesh.
 
     Examples:
+      >>> import jax.numpy as jnp
       >>> from gdjax import MLP
       >>> model = MLP((2, 4, 1), activation="tanh")
       >>> step = make_step(model, "mse", "sgd", learning_rate=0.1)
