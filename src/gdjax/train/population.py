@@ -235,7 +235,7 @@ def fit_population(
         **options,
     )
     lrs = [
-        _lr_description(optimizer, {**shared, **{k: v[i] for k, v in per_member.items()}})
+        _lr_description(optimizer, {**shared, **{k: v[i].item() for k, v in per_member.items()}})
         for i in range(size)
     ]
     log = Log(schedule, lrs, members=size)
