@@ -298,3 +298,54 @@ def test_eight_devices_equal_one(tmp_path):
     for name, value in one.history.items():
         np.testing.assert_allclose(got[f"h/{name}"], value, rtol=0, atol=1e-12, err_msg=name)
     assert "splits evenly over the 8 devices" in str(got["error"]), json.dumps(str(got["error"]))
+
+
+def test_the_train_script_trains_a_grid_of_seeds_and_learning_rates(tmp_path, capsys):
+    """``--seeds 2 --lr a,b``: one run directory; member (seed, η) equals the single run.
+
+    The data set is drawn from ``--seed`` and shared; the members' seeds draw
+    their init and shuffles. So member (3, 0.2) is the run ``--seed 3 --lr 0.2``."""
+    import importlib.util
+    import pathlib
+
+    from gdjax import runs
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    spec = importlib.util.spec_from_file_location("train_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    common = ["--hidden", "8", "--epochs", "4", "--batch-size", "32", "--float64", "--no-progress"]
+    argv = [*common, "--seed", "3", "--seeds", "2", "--lr", "0.05,0.2"]
+    assert script.main([*argv, "--out", str(tmp_path / "pop")]) == 0
+    out = capsys.readouterr().out
+    assert "4 members" in out
+    pop = runs.load_run(tmp_path / "pop")
+    assert pop.config["members"] == 4
+    assert pop.config["member_config"][3] == {"seed": 4, "learning_rate": 0.2}
+    assert pop.history["loss"].shape == (4, 4)
+    png = tmp_path / "pop" / "training_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert script.main([*common, "--seed", "3", "--lr", "0.2", "--out", str(tmp_path / "one")]) == 0
+    one = runs.load_run(tmp_path / "one")
+    assert tree_error(jax.tree.map(lambda a: a[1], pop.params), one.params) <= 1e-12
+    np.testing.assert_allclose(pop.history["step_loss"][1], one.history["step_loss"], atol=1e-12)
+    assert tree_error(jax.tree.map(lambda a: a[3], pop.params), one.params) > 1e-3  # seed 4
+
+
+def test_training_curves_of_a_population_show_median_band_and_members():
+    from gdjax import plots
+
+    x, y = problem()
+    pop = train.fit_population(
+        MODEL, LOSS, "sgd", (x, y), keys=keys(), epochs=3, progress=False,
+        learning_rate=np.array([0.05, 0.1, 0.2]),
+    )  # fmt: skip
+    fig = plots.training_curves(pop.history, title="t")
+    loss_ax, accuracy_ax = fig.axes
+    labels = [line.get_label() for line in loss_ax.get_lines()]
+    assert "C (epoch mean), median" in labels and "train loss, median" in labels
+    faint = [line for line in loss_ax.get_lines() if line.get_alpha() == 0.15]
+    assert len(faint) == 2 * P  # every member's epoch loss and train loss
+    assert len(loss_ax.collections) == 2  # the 10–90 % bands
+    median = next(line for line in loss_ax.get_lines() if line.get_label().startswith("C ("))
+    np.testing.assert_allclose(median.get_ydata(), np.median(pop.history["loss"], axis=0))

@@ -39,7 +39,12 @@ def training_curves(history: Mapping[str, np.ndarray], *, title: str | None = No
     2. accuracy: train and test, at evaluation epochs;
     3. ‖∂C/∂w^l‖ per layer l at the diagnostics epochs, log scale: vanishing
        gradients show as lines far apart, first layer lowest.
+
+    A population's history (:func:`gdjax.train.fit_population`: a leading
+    member axis) shows each curve as its median over the members, a band from
+    the 10th to the 90th percentile, and every member faint.
     """
+    members = np.ndim(history["loss"]) == 2
     panels = ["loss"]
     if "train_accuracy" in history:
         panels.append("accuracy")
@@ -47,17 +52,17 @@ def training_curves(history: Mapping[str, np.ndarray], *, title: str | None = No
         panels.append("gradients")
     fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    epochs = np.asarray(history["epoch"])
+    epochs = _shared_axis(history["epoch"])
     for ax, panel in zip(axes, panels, strict=True):
         if panel == "loss":
             step_loss = np.asarray(history["step_loss"])
-            if step_loss.size:
+            if step_loss.size and not members:
                 steps_per_epoch = step_loss.size / max(len(epochs), 1)
                 x = (np.arange(step_loss.size) + 1) / steps_per_epoch
                 ax.plot(x, step_loss, color="0.75", lw=0.6, label="batch C (each step)")
-            ax.plot(epochs, history["loss"], color="C0", lw=1.5, label="C (epoch mean)")
+            _curve(ax, epochs, history["loss"], color="C0", label="C (epoch mean)", lw=1.5)
             _plot_evaluations(ax, history, "loss")
-            if np.all(np.asarray(history["loss"]) > 0):
+            if np.all(np.asarray(history["loss"])[np.isfinite(history["loss"])] > 0):
                 ax.set_yscale("log")
             ax.set_ylabel("cost C")
         elif panel == "accuracy":
@@ -66,11 +71,12 @@ def training_curves(history: Mapping[str, np.ndarray], *, title: str | None = No
             ax.set_ylabel("accuracy")
         else:
             norms = np.asarray(history["diagnostics/grad_norm"])
-            colors = _layer_colors(norms.shape[1])
-            for layer in range(norms.shape[1]):
-                ax.plot(
-                    history["diagnostics_epoch"],
-                    norms[:, layer],
+            colors = _layer_colors(norms.shape[-1])
+            for layer in range(norms.shape[-1]):
+                _curve(
+                    ax,
+                    _shared_axis(history["diagnostics_epoch"]),
+                    norms[..., layer],
                     color=colors[layer],
                     label=f"l = {layer + 1}",
                 )
@@ -78,10 +84,34 @@ def training_curves(history: Mapping[str, np.ndarray], *, title: str | None = No
             ax.set_ylabel(r"$\|\partial C/\partial w^l\|$")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncols=2 if panel == "gradients" and norms.shape[1] > 6 else 1)
+        ax.legend(fontsize=7, ncols=2 if panel == "gradients" and norms.shape[-1] > 6 else 1)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title + (f" ({len(history['loss'])} members)" if members else ""), fontsize=10)
     return fig
+
+
+def _shared_axis(values) -> np.ndarray:
+    """Epoch numbers: a population repeats them for every member."""
+    values = np.asarray(values)
+    return values[0] if values.ndim == 2 else values
+
+
+def _curve(ax, x, values, *, color, label: str, fmt: str = "-", **kwargs) -> None:
+    """One curve; for a population (rows = members), the median, a 10–90 % band, members faint.
+
+    Members that stopped (NaN after a divergence) drop out of the median and the band.
+    """
+    values = np.asarray(values, np.float64)
+    if values.ndim == 1:
+        ax.plot(x, values, fmt, color=color, label=label, **kwargs)
+        return
+    for row in values:
+        ax.plot(x, row, "-", color=color, alpha=0.15, lw=0.5)
+    finite = np.isfinite(values).any(axis=0)
+    x, values = np.asarray(x)[finite], values[:, finite]
+    low, median, high = np.nanpercentile(values, [10, 50, 90], axis=0)
+    ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
+    ax.plot(x, median, fmt, color=color, label=f"{label}, median", **kwargs)
 
 
 def _plot_evaluations(ax, history: Mapping[str, np.ndarray], metric: str) -> None:
@@ -89,10 +119,11 @@ def _plot_evaluations(ax, history: Mapping[str, np.ndarray], metric: str) -> Non
     for split, color in (("train", "C2"), ("test", "C3")):
         name = f"{split}_{metric}"
         if name in history:
-            ax.plot(
-                history["eval_epoch"],
+            _curve(
+                ax,
+                _shared_axis(history["eval_epoch"]),
                 history[name],
-                "o-",
+                fmt="o-",
                 ms=2.5,
                 color=color,
                 label=f"{split} {metric}",

@@ -576,6 +576,7 @@ def save_run(
     opt_state: PyTree | None = None,
     history: Mapping[str, Any] | None = None,
     meta_extra: Mapping[str, Any] | None = None,
+    members: int | None = None,
 ) -> Path:
     """Write a run directory (created if missing; existing run files are replaced).
 
@@ -595,6 +596,9 @@ def save_run(
       history: a dict of arrays, e.g. ``{"loss": (steps,), "grad_norm": (steps, L)}``;
         nested dicts are allowed.
       meta_extra: added to meta.json, e.g. ``{"wall_time_s": 12.3, "steps_done": 1000}``.
+      members: for a population (:func:`gdjax.train.fit_population`), its size
+        P: every params leaf then has a leading member axis of size P, and
+        ``config["members"]`` records P.
 
     Returns:
       The directory as a :class:`~pathlib.Path`.
@@ -612,9 +616,18 @@ def save_run(
     """
     path = Path(path)
     model_dict = model_to_dict(model)  # fails on a custom activation before anything is written
-    model.check_params(params)
     if not isinstance(config, Mapping):
         raise ValueError(f"config: expected a dict, got {type(config).__name__}.")
+    if members is not None:
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise ValueError(f"members: expected None or a positive integer, got {members!r}.")
+        if config.get("members", members) != members:
+            raise ValueError(
+                f"config: expected 'members' equal to members={members} or absent, got "
+                f"{config['members']!r}."
+            )
+        config = {**config, "members": members}
+    _check_params(model, params, config.get("members"))
     if "model" in config and config["model"] != model_dict:
         raise ValueError(
             f"config: expected no 'model' key (save_run writes model_to_dict(model) there) or "
@@ -659,6 +672,21 @@ def save_run(
     assert set(meta) == set(_META_KEYS)
     atomic_write_json(path / META_FILE, {**meta, **meta_extra})
     return path
+
+
+def _check_params(model: MLP, params: PyTree, members: int | None) -> None:
+    """``params`` fit ``model``; with ``members``, every leaf has a leading member axis."""
+    if members is None:
+        model.check_params(params)
+        return
+    shapes = [np.shape(leaf) for leaf in jax.tree.leaves(params)]
+    bad = [shape for shape in shapes if not shape or shape[0] != members]
+    if bad:
+        raise ValueError(
+            f"params: expected a leading member axis of size {members} (the population's) on "
+            f"every leaf, got a leaf of shape {bad[0]}."
+        )
+    model.check_params(jax.tree.map(lambda a: a[0], params))
 
 
 def load_run(
@@ -726,7 +754,7 @@ def load_run(
         )
     model = model_from_dict(config["model"])
     params = load_pytree(path / PARAMS_FILE)
-    model.check_params(params)
+    _check_params(model, params, config.get("members"))
     history = load_pytree(path / HISTORY_FILE, as_numpy=True)
 
     opt_state = None
