@@ -18,20 +18,21 @@ shows the median, a 10–90 % band and every member.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import jax
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from gdjax import activations, data, losses, train
+    from gdjax import activations, cli, losses, train
     from gdjax.mlp import INIT_SCHEMES
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="moons", choices=data.names())
-    p.add_argument("--hidden", default="16,16", help="hidden widths, comma-separated ('' for none)")
-    p.add_argument("--activation", default="tanh", choices=activations.names())
+    p = cli.parser(__doc__)
+    cli.add_data_option(p)
+    cli.add_model_options(p)
     p.add_argument("--output-activation", default="identity", choices=activations.names())
     p.add_argument("--loss", default=None, choices=losses.names(), help="default: the data's")
     p.add_argument("--optimizer", default="adam", choices=list(train.OPTIMIZERS))
@@ -48,9 +49,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad", default="hand", choices=["hand", "auto"])
     p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--diagnostics-every", type=int, default=10)
-    p.add_argument("--float64", action="store_true", help="train in float64")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="epochs between checkpoints in the run directory (0: only at the end); the same "
+        "command with the same --out resumes from the last one",
+    )
+    cli.add_precision_option(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<data>)")
-    p.add_argument("--no-progress", action="store_true")
+    cli.add_progress_option(p)
     return p.parse_args(argv)
 
 
@@ -61,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from gdjax import MLP, data, diagnostics, plots, runs, train
+    from gdjax import MLP, cli, data, diagnostics, plots, runs, train
 
     try:
-        hidden = tuple(int(w) for w in args.hidden.split(",") if w.strip())
-    except ValueError:
-        print(f"--hidden: expected comma-separated integers, got {args.hidden!r}", file=sys.stderr)
+        hidden = cli.parse_hidden(args.hidden)
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 2
     try:
         lrs = [float(v) for v in args.lr.split(",")]
@@ -111,10 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     if population:
         config["members"] = len(members)
         config["member_config"] = [{"seed": s, "learning_rate": lr} for s, lr in members]
-    out = args.out or runs.new_run_dir("runs", args.data)
+    out = Path(args.out) if args.out else runs.new_run_dir("runs", args.data)
     print(f"{model}\ndata: {ds}\nrun directory: {out}")
     began = time.perf_counter()
+    command = ["python", "scripts/train.py", *(argv if argv is not None else sys.argv[1:])]
+    resume = " ".join(command if args.out else [*command, "--out", str(out)])
+
+    def saved() -> str:
+        ckpt = out / runs.CHECKPOINT_MANIFEST
+        if not ckpt.is_file():
+            return "nothing yet (no checkpoint)"
+        return f"checkpoint of epoch {json.loads(ckpt.read_text())['step']} in {out}"
+
     common = dict(
+        run_dir=out,
+        checkpoint_every=args.checkpoint_every,
         epochs=args.epochs,
         batch_size=args.batch_size,
         grad=args.grad,
@@ -122,23 +141,25 @@ def main(argv: list[str] | None = None) -> int:
         diagnostics_every=args.diagnostics_every,
         progress=not args.no_progress,
     )
-    if population:
-        stack = lambda *trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
-        result = train.fit_population(
-            model,
-            loss,
-            args.optimizer,
-            ds,
-            keys=jnp.stack([key for _, key in starts]),
-            params=stack(*[params for params, _ in starts]),
-            learning_rate=np.array([lr for _, lr in members]),
-            **common,
-        )
-    else:
-        (params, fit_key), lr = starts[0], lrs[0]
-        result = train.fit(
-            model, loss, args.optimizer, ds, key=fit_key, params=params, learning_rate=lr, **common
-        )
+    with cli.stage(f"training ({out})", saved=saved, resume=resume):
+        if population:
+            stack = lambda *trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
+            result = train.fit_population(
+                model,
+                loss,
+                args.optimizer,
+                ds,
+                keys=jnp.stack([key for _, key in starts]),
+                params=stack(*[params for params, _ in starts]),
+                learning_rate=np.array([lr for _, lr in members]),
+                **common,
+            )
+        else:
+            (params, fit_key), lr = starts[0], lrs[0]
+            result = train.fit(
+                model, loss, args.optimizer, ds, key=fit_key, params=params, learning_rate=lr,
+                **common,
+            )  # fmt: skip
     wall = time.perf_counter() - began
     runs.save_run(
         out,
@@ -178,4 +199,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gdjax import cli
+
+    sys.exit(cli.run(main))

@@ -925,6 +925,8 @@ def load_checkpoint(
 
     Returns:
       A :class:`Checkpoint`, or ``None`` when ``run_dir`` holds no manifest.
+      Its ``"history"`` tree holds NumPy arrays of the dtypes saved; the other
+      trees hold JAX arrays.
     """
     run_dir = Path(run_dir)
     manifest_path = run_dir / CHECKPOINT_MANIFEST
@@ -954,7 +956,9 @@ def load_checkpoint(
     trees = {}
     for name in manifest["files"]:
         key = name.removesuffix(".npz")
-        trees[key] = load_pytree(directory / name, like=like.get(key))
+        # the history comes back as saved (NumPy, float64/int64 even with x64 off)
+        as_numpy = key == "history"
+        trees[key] = load_pytree(directory / name, like=like.get(key), as_numpy=as_numpy)
     return Checkpoint(
         int(manifest["step"]), trees, manifest["fingerprint"], manifest["info"], directory
     )
