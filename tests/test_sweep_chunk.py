@@ -183,6 +183,30 @@ def _conv_args():
     return params, d1, d2, ALPHAS, BETAS, x, jnp.arange(N) % 3
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast path"])
+def test_a_blocks_memory_follows_the_chunk_not_the_data(fast):
+    """XLA's own count of the compiled block's temporaries: width × k examples, not width × n."""
+    model = MLP((2, 128, 128, 1), activation="tanh")
+    params = model.init(jax.random.key(0), dtype=jnp.float64)
+    n, width = 4096, 4
+    f, p, dirs = objective(model, "mse"), params, [params, params]
+    args = (np.zeros((n, 2)), np.zeros((n, 1)))
+    if fast:
+        f, p, dirs, args = landscape._reduce_mlp(landscape.mlp_loss(model, "mse"), p, dirs, args)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("points",))
+
+    def temp_bytes(data_chunk):
+        lowered = landscape._eval_chunk.lower(
+            f, mesh, width, data_chunk, p, dirs, np.zeros((2 * width, 2)), args
+        )
+        return lowered.compile().memory_analysis().temp_size_in_bytes
+
+    hidden = width * n * 128 * 8  # one hidden layer's activations for a block, in bytes
+    whole, chunked = temp_bytes(None), temp_bytes(64)
+    assert whole >= hidden
+    assert chunked < hidden / 8, (whole, chunked)
+
+
 def test_default_vmap_width_counts_one_chunk_per_point(monkeypatch, compilations):
     monkeypatch.setattr(landscape, "_memory_budget", lambda device: 1 << 28)
     model = MLP((2, 512, 1), activation="tanh")
