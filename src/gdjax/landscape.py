@@ -762,7 +762,8 @@ def hessian_directions(
       k: how many directions (default 2: a plane for :func:`sweep_2d`).
       key: PRNG key of the Lanczos start vector.
       **lanczos_kw: passed on to :func:`gdjax.curvature.top_eigenvalues`
-        (``method``, ``which``, ``max_iters``, ``tol``, ``init``).
+        (``method``, ``which``, ``max_iters``, ``tol``, ``init``, and
+        ``data_chunk``: Hessian-vector products over chunks of the data).
 
     Returns:
       A :class:`HessianDirections` ``(directions, eigenvalues, converged, hvps)``.
@@ -1000,8 +1001,11 @@ def _reduce_mlp(f: MLPLoss, params, dirs, args, *, abstract: bool = False):
     x, y = args
     k = len(dirs)
     dtype = _coeff_dtype(params)
-    first = jax.eval_shape if abstract else (lambda fn, *a: fn(*a))
-    products = first(_first_products, x, params[0]["w"], [d[0]["w"] for d in dirs])
+    w, dws = params[0]["w"], [d[0]["w"] for d in dirs]
+    if abstract:
+        products = jax.eval_shape(_first_products, x, w, dws)
+    else:
+        products = _first_products(x, w, dws)
 
     def reduced(tree, c):
         return {"c": c, "b": tree[0]["b"], "rest": list(tree[1:])}
