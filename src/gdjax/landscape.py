@@ -23,6 +23,11 @@ Directions are pytrees shaped like the params (``[{"w": (n_l, n_{l-1}),
   at θ (Lanczos, :func:`gdjax.curvature.top_eigenvalues`), with their
   eigenvalues: the most curved directions.
 
+They take any params pytree (a conv net's dict of kernels as well as an MLP's
+list of layers). The function swept is any ``f(params, *args)``;
+:func:`model_loss` builds it from any model ``apply(params, x)`` and loss
+(for a ``gdjax.MLP``, the :class:`MLPLoss` of :func:`mlp_loss`).
+
 How a sweep is evaluated. The grid points (α_i, β_j), in row-major order, are
 cut into *chunks* of ``chunk_size`` points; the last chunk is padded (with
 copies of θ) so that every chunk has the same shape and the sweep compiles
@@ -35,15 +40,35 @@ identical** across chunk sizes and device counts for a given ``vmap_width``
 (a different ``vmap_width`` is a different XLA program and may change the last
 bit). Memory per device is about ``vmap_width`` points' worth of intermediates.
 
+Data in chunks. With ``data_chunk=k`` every point is evaluated on chunks of
+k examples (rows, axis 0, of every argument after the grid), the last chunk
+of n mod k examples weighted by its size, and the values averaged over the
+examples inside the compiled block (a ``lax.scan`` under the ``vmap``):
+
+    g(α, β) = (1/n) Σ_c n_c f(θ + α d1 + β d2, x_c, y_c)
+
+which is ``f`` on all the data when ``f`` is a mean over examples (the cost,
+the accuracy; every entry of a dict alike). A block then holds
+``vmap_width × k`` examples' intermediates instead of ``vmap_width × n``, and
+:func:`default_vmap_width` counts one chunk per point. ``data_chunk`` counts
+examples; ``chunk_size`` counts grid points: the two are independent. The
+same semantics, and error messages, as ``data_chunk`` in
+:mod:`gdjax.curvature`.
+
 Resuming. With ``out=directory`` a sweep writes ``grid.npz`` (the values, a
 ``done`` mask, the grid and a JSON config with hashes of everything that
 determines the values) atomically after every chunk, and ``sweep.json``
 (human-readable config and a log of calls with the number of points each
 computed). Called again with the same arguments it computes only the points
 not yet done; called with a different sweep it refuses with a ValueError
-naming what differs. The function ``f`` itself cannot be hashed: only its
-``__qualname__`` (for an :class:`MLPLoss`, its repr: model, loss, accuracy),
-its output names and dtypes are compared, so use one directory per function.
+naming what differs. ``vmap_width`` and ``data_chunk`` are part of the
+sweep's identity, since both can change the last bits of a value (a
+different ``data_chunk`` sums the examples in another order): resuming with
+another ``data_chunk`` (``None`` included) is refused, naming the stored and
+the given value. The function ``f`` itself cannot be hashed: only its
+``__qualname__`` (for an :class:`MLPLoss` or :class:`ModelLoss`, its repr:
+model, loss, accuracy), its output names and dtypes are compared, so use one
+directory per function.
 
 The MLP fast path. When ``f`` is an :class:`MLPLoss` (from :func:`mlp_loss`)
 the sweep knows that the first layer is linear in its params along the plane,
@@ -54,7 +79,10 @@ machinery. The values equal the generic path's to float rounding (a few ulps;
 the tests use rtol 1e-12 in float64 and 2e-6 in float32), not bit for bit; the
 fast path itself is bit-for-bit invariant to chunk size and device count (as
 tested), and its resume directories are not interchangeable with those of a
-generic ``f`` (the config's ``f`` differs).
+generic ``f`` (the config's ``f`` differs). The products are kept for all n
+examples (``(1 + k) × n × n_1`` numbers per device, beside the data); with
+``data_chunk`` they are split into chunks of examples like the data, so the
+per-point intermediates follow the chunk.
 
 Multi-host (``jax.distributed``; tested with two processes on one machine,
 2 CPU devices each, in ``tests/test_distributed.py``: the values equal a
@@ -110,11 +138,13 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from gdjax import curvature, losses
-from gdjax._checks import check_finite, check_finite_args, check_positive_int
+from gdjax._checks import check_finite, check_finite_args, check_positive_int, shape_of
 from gdjax.backprop import check_batch
 from gdjax.losses import Loss
 from gdjax.metrics import accuracy as _accuracy
 from gdjax.mlp import MLP
+from gdjax.models import ApplyModel, as_loss, as_model
+from gdjax.models import check_batch as check_model_batch
 from gdjax.runs import atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -131,6 +161,8 @@ __all__ = [
     "hessian_directions",
     "MLPLoss",
     "mlp_loss",
+    "ModelLoss",
+    "model_loss",
     "sweep_1d",
     "sweep_2d",
     "default_vmap_width",
@@ -233,6 +265,41 @@ def _check_axis(name: str, values) -> np.ndarray:
 def _check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm: expected one of {', '.join(map(repr, NORMS))}, got {norm!r}.")
+
+
+def _check_data_chunk(data_chunk, args: tuple) -> int | None:
+    """None, or a positive int; then every leaf of ``args`` has the same rows n ≥ 1.
+
+    The messages are those of ``data_chunk`` in :mod:`gdjax.curvature`, plus the
+    rows of each argument when they differ.
+    """
+    if data_chunk is None:
+        return None
+    if isinstance(data_chunk, bool) or not isinstance(data_chunk, int | np.integer):
+        raise ValueError(
+            f"data_chunk: expected None or a positive integer (examples per chunk), "
+            f"got {data_chunk!r}."
+        )
+    if data_chunk <= 0:
+        raise ValueError(
+            f"data_chunk: expected a positive integer (examples per chunk), got {data_chunk}."
+        )
+    if not args:
+        raise ValueError("data_chunk: expected data arguments to split (e.g. x, y), got none.")
+    rows = [
+        (f"args[{i}]{jax.tree_util.keystr(path)}", shape_of(leaf)[0] if shape_of(leaf) else None)
+        for i, arg in enumerate(args)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]
+    ]
+    sizes = {n for _, n in rows}
+    if len(sizes) != 1 or None in sizes or 0 in sizes:
+        each = ", ".join(f"{name}: {'a scalar' if n is None else n}" for name, n in rows[:4])
+        raise ValueError(
+            f"data_chunk: expected every data argument to have the same number of examples "
+            f"(rows, axis 0) to split into chunks, got leading sizes {sorted(sizes, key=str)} "
+            f"({each}{', …' if len(rows) > 4 else ''})."
+        )
+    return int(data_chunk)
 
 
 # ---------------------------------------------------------------- directions
@@ -695,7 +762,8 @@ def hessian_directions(
       k: how many directions (default 2: a plane for :func:`sweep_2d`).
       key: PRNG key of the Lanczos start vector.
       **lanczos_kw: passed on to :func:`gdjax.curvature.top_eigenvalues`
-        (``method``, ``which``, ``max_iters``, ``tol``, ``init``).
+        (``method``, ``which``, ``max_iters``, ``tol``, ``init``, and
+        ``data_chunk``: Hessian-vector products over chunks of the data).
 
     Returns:
       A :class:`HessianDirections` ``(directions, eigenvalues, converged, hvps)``.
@@ -721,7 +789,53 @@ def hessian_directions(
     )
 
 
-# ---------------------------------------------------------------- the MLP fast path
+# ---------------------------------------------------------------- sweepable losses
+
+
+def _head(loss: Loss, accuracy: bool, pred: jax.Array, y: jax.Array):
+    """C of the output ``pred``, and with ``accuracy`` the accuracy when the loss classifies."""
+    value = loss.fn(pred, y)
+    if not accuracy:
+        return value
+    acc = _accuracy(loss, pred, y)
+    return {"loss": value} if acc is None else {"loss": value, "accuracy": acc}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLoss:
+    """The cost of any model ``apply(params, x)`` as a sweepable function ``f(params, x, y)``.
+
+    Called, it is
+
+    .. math::
+
+        f(θ, x, y) = C(\\mathrm{apply}(θ, x), y)
+
+    a mean over the examples (rows of ``x``), and with ``accuracy=True`` and a
+    classification loss ``{"loss": C, "accuracy": …}`` as
+    :func:`gdjax.train.evaluate`. Frozen and hashable (by the identity of the
+    user's ``apply`` and loss function), so sweeps reuse their compiled
+    programs while the same functions are passed. Build it with
+    :func:`model_loss`.
+
+    Attributes:
+      model: the user's ``apply``, as a :class:`gdjax.models.ApplyModel`.
+      loss: a :class:`~gdjax.losses.Loss` (a user's function is wrapped by
+        :func:`gdjax.models.as_loss`).
+      accuracy: also return the accuracy (classification losses only).
+    """
+
+    model: ApplyModel
+    loss: Loss
+    accuracy: bool = False
+
+    def __call__(self, params, x, y):
+        check_model_batch(self.model, self.loss, params, x, y, finite_params=False)
+        return self.head(self.model.apply(params, x), y)
+
+    def head(self, pred: jax.Array, y: jax.Array):
+        """C (and the accuracy, when asked and the loss classifies) of the output ``pred``."""
+        return _head(self.loss, self.accuracy, pred, y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -739,9 +853,11 @@ class MLPLoss:
                   = x (w^1)^T + α\\, x D_1^T + β\\, x D_2^T + b^1(α, β)
 
     The three products ``x (w^1)ᵀ, x D_1ᵀ, x D_2ᵀ`` are computed once per
-    sweep; each point then costs three scaled additions for layer 1 instead
-    of an ``(examples × n_0 × n_1)`` product, and the layers after the first
-    as before. Build it with :func:`mlp_loss`.
+    sweep (for all n examples: ``3 × n × n_1`` numbers, kept on every device
+    beside the data); each point then costs three scaled additions for layer 1
+    instead of an ``(examples × n_0 × n_1)`` product, and the layers after the
+    first as before. With ``data_chunk`` the products are split into chunks
+    of examples with ``y``. Build it with :func:`mlp_loss` or :func:`model_loss`.
     """
 
     model: MLP
@@ -754,11 +870,7 @@ class MLPLoss:
 
     def head(self, pred: jax.Array, y: jax.Array):
         """C (and the accuracy, when asked and the loss classifies) of the output ``pred``."""
-        value = self.loss.fn(pred, y)
-        if not self.accuracy:
-            return value
-        acc = _accuracy(self.loss, pred, y)
-        return {"loss": value} if acc is None else {"loss": value, "accuracy": acc}
+        return _head(self.loss, self.accuracy, pred, y)
 
 
 def mlp_loss(model: MLP, loss: str | Loss, *, accuracy: bool = False) -> MLPLoss:
@@ -767,7 +879,8 @@ def mlp_loss(model: MLP, loss: str | Loss, *, accuracy: bool = False) -> MLPLoss
     Equal (to float rounding) to ``gdjax.objective(model, loss)``, or with
     ``accuracy=True`` to ``functools.partial(gdjax.train.evaluate, model,
     loss)``; see :class:`MLPLoss` for what a sweep does with it. ``x`` must be
-    the first argument after the params.
+    the first argument after the params. For a model that is not a
+    ``gdjax.MLP``, see :func:`model_loss`.
 
     Examples:
       >>> from gdjax import MLP
@@ -778,8 +891,71 @@ def mlp_loss(model: MLP, loss: str | Loss, *, accuracy: bool = False) -> MLPLoss
       True
     """
     if not isinstance(model, MLP):
-        raise ValueError(f"model: expected a gdjax.MLP, got {type(model).__name__}.")
+        raise ValueError(
+            f"model: expected a gdjax.MLP, got {type(model).__name__}. For any "
+            f"apply(params, x), use landscape.model_loss."
+        )
     return MLPLoss(model, losses.get(loss), bool(accuracy))
+
+
+def model_loss(model: Any, loss: Any, *, accuracy: bool = False) -> MLPLoss | ModelLoss:
+    """``f(params, x, y) = C(apply(params, x), y)`` for any model and loss, ready to sweep.
+
+    .. math::
+
+        f(θ, x, y) = C(\\mathrm{apply}(θ, x), y),\\qquad
+        \\mathrm{accuracy}(θ) = \\frac{1}{n} \\sum_x
+            [\\arg\\max_k \\mathrm{apply}(θ, x)_k = y(x)]
+
+    (the accuracy for softmax cross-entropy; for sigmoid binary cross-entropy
+    the fraction of output units with ``(z > 0) = (y > ½)``, as
+    :func:`gdjax.metrics.accuracy`).
+
+    - A ``gdjax.MLP`` gives an :class:`MLPLoss`, equal to :func:`mlp_loss`
+      (the first-layer fast path of the sweeps).
+    - Any function ``apply(params, x) -> output`` over a params pytree (a
+      plain-JAX conv net, an Equinox or Flax module split into params and a
+      function: see :mod:`gdjax.models`) gives a :class:`ModelLoss`, equal to
+      :func:`gdjax.objective` (and with ``accuracy=True`` to
+      :func:`gdjax.train.evaluate`).
+
+    The loss is a gdjax loss (object or name: ``"mse"``,
+    ``"softmax_cross_entropy"``, ``"sigmoid_binary_cross_entropy"``) or any
+    function ``loss(output, y) -> scalar``, a mean over the batch. With
+    ``accuracy=True`` ``f`` returns ``{"loss": C, "accuracy": …}`` when the
+    loss classifies (the two cross-entropies), ``{"loss": C}`` otherwise. The
+    result is hashable: pass the same ``apply`` and loss function objects and
+    sweeps reuse their compiled programs. x, y are checked on every call (from
+    shapes only; nothing compiles).
+
+    Args:
+      model: a ``gdjax.MLP`` or a function ``apply(params, x)``.
+      loss: a gdjax :class:`~gdjax.losses.Loss`, its name, or ``loss(output, y)``.
+      accuracy: also return the accuracy (classification losses).
+
+    Returns:
+      ``f(params, x, y)``: an :class:`MLPLoss` or a :class:`ModelLoss`.
+
+    Examples:
+      >>> def apply(p, x):  # any model: here one hidden layer in plain JAX
+      ...     return jnp.tanh(x @ p["w"]) @ p["v"]
+      >>> params = {"w": jnp.ones((2, 3)), "v": jnp.ones((3, 2))}
+      >>> f = model_loss(apply, "softmax_cross_entropy", accuracy=True)
+      >>> out = f(params, jnp.ones((4, 2)), jnp.array([0, 1, 0, 1]))
+      >>> round(float(out["loss"]), 4), float(out["accuracy"])  # equal logits: C = log 2
+      (0.6931, 0.5)
+      >>> d = random_direction(jax.random.key(0), params)
+      >>> sweep_1d(f, params, d, [-1.0, 0.0, 1.0], jnp.ones((4, 2)), jnp.array([0, 1, 0, 1]),
+      ...          data_chunk=3)["loss"].shape
+      (3,)
+    """
+    model, loss = as_model(model), as_loss(loss)
+    if isinstance(model, MLP):
+        return mlp_loss(model, loss, accuracy=accuracy)
+    return ModelLoss(model, loss, bool(accuracy))
+
+
+# ---------------------------------------------------------------- the MLP fast path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -789,6 +965,8 @@ class _MLPAfterFirstProduct:
     ``params' = {"c": c, "b": b^1, "rest": [layer 2, …]}`` where the leaf ``c``
     is 0 in θ' and the unit vector e_i in direction i', so that a sweep's
     ``θ' + Σ_i c_i d_i'`` carries the point's coefficients c in ``c``.
+    ``products`` is the tuple ``(x (w^1)ᵀ, x D_1ᵀ, …)``, each ``(examples, n_1)``,
+    so that every data argument has its examples on axis 0 (``data_chunk``).
     """
 
     f: MLPLoss
@@ -808,19 +986,26 @@ class _MLPAfterFirstProduct:
 
 @jax.jit
 def _first_products(x, w, dws):
-    """``[x wᵀ, x D_1ᵀ, …]`` stacked: ``(1 + k, examples, n_1)``, from one product."""
+    """``(x wᵀ, x D_1ᵀ, …)``: 1 + k arrays ``(examples, n_1)``, from one product."""
     x = jnp.asarray(x, w.dtype)
     n1 = w.shape[0]
     out = x @ jnp.concatenate([w, *dws]).T
-    return jnp.moveaxis(jnp.reshape(out, (x.shape[0], 1 + len(dws), n1)), 1, 0)
+    return tuple(out[:, i * n1 : (i + 1) * n1] for i in range(1 + len(dws)))
 
 
-def _reduce_mlp(f: MLPLoss, params, dirs, args):
-    """The sweep of ``f`` as one of :class:`_MLPAfterFirstProduct`: same values, to rounding."""
+def _reduce_mlp(f: MLPLoss, params, dirs, args, *, abstract: bool = False):
+    """The sweep of ``f`` as one of :class:`_MLPAfterFirstProduct`: same values, to rounding.
+
+    With ``abstract`` the products are only shapes (``jax.eval_shape``): nothing runs.
+    """
     x, y = args
     k = len(dirs)
     dtype = _coeff_dtype(params)
-    products = _first_products(x, params[0]["w"], [d[0]["w"] for d in dirs])
+    w, dws = params[0]["w"], [d[0]["w"] for d in dirs]
+    if abstract:
+        products = jax.eval_shape(_first_products, x, w, dws)
+    else:
+        products = _first_products(x, w, dws)
 
     def reduced(tree, c):
         return {"c": c, "b": tree[0]["b"], "rest": list(tree[1:])}
@@ -864,32 +1049,43 @@ def _jaxpr_bytes(jaxpr) -> int:
     return total
 
 
-def default_vmap_width(f: Callable, params: PyTree, *args, num_directions: int = 2) -> int:
+def default_vmap_width(
+    f: Callable, params: PyTree, *args, num_directions: int = 2, data_chunk: int | None = None
+) -> int:
     """The default number of points evaluated together under ``vmap`` on one device.
 
     The memory of one point is estimated from the jaxpr of
     ``f(θ + α d1 + β d2, *args)`` (for an :class:`MLPLoss`, of what the fast
-    path evaluates per point): the sum of the sizes of all the values it
-    defines (an upper bound, since most die early). The width is the largest
-    power of two ``≤ 16`` whose points fit in a quarter of the free memory of
-    the first device (256 MiB where the backend reports no memory, as on CPU:
-    smaller blocks ran faster there, see :data:`CPU_MEMORY_BUDGET`).
-    Tracing only; nothing is compiled (for an :class:`MLPLoss`, the first-layer
-    products are computed once).
+    path evaluates per point), with ``data_chunk``: on one chunk of
+    ``data_chunk`` examples of every argument (what a point holds at a time),
+    else on all of them: the sum of the sizes of all the values it defines (an
+    upper bound, since most die early). The width is the largest power of two
+    ``≤ 16`` whose points fit in a quarter of the free memory of the first
+    device (256 MiB where the backend reports no memory, as on CPU: smaller
+    blocks ran faster there, see :data:`CPU_MEMORY_BUDGET`). Tracing only:
+    nothing runs or compiles.
 
     Examples:
       >>> default_vmap_width(lambda p: jnp.sum(p[0] ** 2), [jnp.ones(3)])
       16
     """
+    num_directions = check_positive_int("num_directions", num_directions)
+    data_chunk = _check_data_chunk(data_chunk, args)
+    if data_chunk is not None:  # one chunk's shapes: the rows a point holds at a time
 
+        def rows(a):
+            shape = shape_of(a)
+            return jax.ShapeDtypeStruct((min(data_chunk, shape[0]), *shape[1:]), jnp.result_type(a))
+
+        args = jax.tree.map(rows, args)
     dirs = [params] * num_directions
     if isinstance(f, MLPLoss):  # what a sweep evaluates per point: layers 2 … L
-        f, params, dirs, args = _reduce_mlp(f, params, dirs, args)
+        f, params, dirs, args = _reduce_mlp(f, params, dirs, args, abstract=True)
 
     def point(c, params, dirs, args):
         return f(_displace(params, dirs, c), *args)
 
-    coeff = jnp.zeros((num_directions,), _coeff_dtype(params))
+    coeff = jax.ShapeDtypeStruct((num_directions,), _coeff_dtype(params))
     jaxpr = jax.make_jaxpr(point)(coeff, params, dirs, args).jaxpr
     params_bytes = sum(
         np.size(x) * np.dtype(jnp.result_type(x)).itemsize for x in jax.tree.leaves(params)
@@ -915,13 +1111,63 @@ def _displace(params: PyTree, dirs: Sequence[PyTree], c: jax.Array) -> PyTree:
     return jax.tree.map(leaf, params, *dirs)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _eval_chunk(f, mesh: Mesh, width: int, params, dirs, coeffs, args):
-    """f at θ + Σ c_i d_i for each row c of ``coeffs``, sharded over "points", in blocks."""
+def _chunked_mean(fn: Callable, args: tuple, data_chunk: int, varying: tuple[str, ...] = ()):
+    """``(1/n) Σ_c n_c · fn(args_c)`` over chunks of ``data_chunk`` rows of ``args``.
+
+    ``fn`` of a chunk is a mean over its examples (a cost, an accuracy; a dict
+    of them is weighted entry by entry), so the weighted sum is the mean over
+    all n examples; the last chunk, with n mod k rows, is weighted by its
+    size. Full chunks run in one ``lax.scan``, so memory follows the chunk,
+    not n. The semantics of ``data_chunk`` in :mod:`gdjax.curvature`, with
+    one difference: with ``jax_enable_x64`` on, the sum is accumulated in
+    float64 and cast back to each value's dtype at the end, so that a float32
+    value (an accuracy: a mean of booleans is float32) is still the unchunked
+    one. Inside ``shard_map``, ``varying`` names the mesh axes the values vary
+    over (the scan's zero start is cast to vary over them, as ``fn``'s do).
+    """
+    n = jax.tree.leaves(args)[0].shape[0]
+    k = min(data_chunk, n)
+    full, rest = divmod(n, k)
+    head = jax.tree.map(lambda a: a[: full * k].reshape(full, k, *a.shape[1:]), args)
+    first = jax.tree.map(lambda a: a[0], head)
+    spec = jax.eval_shape(fn, first)
+    wide = jax.config.read("jax_enable_x64")
+
+    def acc_dtype(dtype):
+        return jnp.promote_types(dtype, jnp.float64) if wide else dtype
+
+    def widened(tree):
+        return jax.tree.map(lambda v: v.astype(acc_dtype(v.dtype)), tree)
+
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, acc_dtype(s.dtype)), spec)
+    if varying:
+        zero = jax.tree.map(lambda z: jax.lax.pcast(z, varying, to="varying"), zero)
+    total, _ = jax.lax.scan(
+        lambda acc, chunk: (jax.tree.map(jnp.add, acc, widened(fn(chunk))), None), zero, head
+    )
+    total = jax.tree.map(lambda t: t * k, total)
+    if rest:
+        tail = widened(fn(jax.tree.map(lambda a: a[full * k :], args)))
+        total = jax.tree.map(lambda t, r: t + rest * r, total, tail)
+    return jax.tree.map(lambda t, s: (t / n).astype(s.dtype), total, spec)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _eval_chunk(f, mesh: Mesh, width: int, data_chunk: int | None, params, dirs, coeffs, args):
+    """f at θ + Σ c_i d_i for each row c of ``coeffs``, sharded over "points", in blocks.
+
+    With ``data_chunk`` each point is the mean of f over chunks of the data
+    (:func:`_chunked_mean`): the ``vmap`` of a block runs the ``lax.scan`` over
+    chunks with ``width`` points at a time, so a block holds ``width × data_chunk``
+    examples' intermediates.
+    """
 
     def local(params, dirs, coeffs, args):
         def point(c):
-            return f(_displace(params, dirs, c), *args)
+            theta = _displace(params, dirs, c)
+            if data_chunk is None:
+                return f(theta, *args)
+            return _chunked_mean(lambda chunk: f(theta, *chunk), args, data_chunk, ("points",))
 
         blocks = jnp.reshape(coeffs, (-1, width, coeffs.shape[-1]))
         out = jax.lax.map(jax.vmap(point), blocks)
@@ -994,6 +1240,7 @@ def _sweep(
     kind: str,
     chunk_size: int | None,
     vmap_width: int | None,
+    data_chunk: int | None,
     out: str | os.PathLike | None,
     max_chunks: int | None,
     progress: bool,
@@ -1013,11 +1260,12 @@ def _sweep(
         max_chunks = check_positive_int("max_chunks", max_chunks)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback: expected a function, got {type(callback).__name__}.")
-    if isinstance(f, MLPLoss) and len(args) != 2:
+    if isinstance(f, MLPLoss | ModelLoss) and len(args) != 2:
         raise ValueError(
-            f"args: an MLPLoss is called as f(params, x, y), so the sweep expected the two "
-            f"arguments x, y after the grid, got {len(args)}."
+            f"args: an {type(f).__name__} is called as f(params, x, y), so the sweep expected "
+            f"the two arguments x, y after the grid, got {len(args)}."
         )
+    data_chunk = _check_data_chunk(data_chunk, args)
     check_finite_args(args)
     spec = _output_spec(f, params, args)
     names = list(spec) if isinstance(spec, dict) else [None]
@@ -1032,9 +1280,14 @@ def _sweep(
         "params": _hash(params),
         "directions": _hash(dirs),
         "args": _hash(list(args)),
-        "f": repr(f) if isinstance(f, MLPLoss) else getattr(f, "__qualname__", type(f).__name__),
+        "f": (
+            repr(f)
+            if isinstance(f, MLPLoss | ModelLoss)
+            else getattr(f, "__qualname__", type(f).__name__)
+        ),
         "outputs": {str(k): np.dtype(v).name for k, v in dtypes.items()},
         "vmap_width": vmap_width,
+        "data_chunk": data_chunk,
     }
 
     # ---- resume: the stored state, if any
@@ -1046,7 +1299,11 @@ def _sweep(
         stored, done, values = _load_state(out_dir, names)
         if vmap_width is None:
             config["vmap_width"] = stored.get("vmap_width")
-        diff = [k for k in config if stored.get(k) != config[k]]
+        diff = [
+            k if k not in ("vmap_width", "data_chunk") else f"{k}: {stored.get(k)} → {config[k]}"
+            for k in config
+            if stored.get(k) != config[k]
+        ]
         if diff:
             raise ValueError(
                 f"out: expected {out_dir} to hold this sweep, or none, got a different sweep "
@@ -1057,7 +1314,9 @@ def _sweep(
     if isinstance(f, MLPLoss):  # the same sweep, with x w^1ᵀ and x D_iᵀ computed once
         f, params, dirs, args = _reduce_mlp(f, params, dirs, args)
     if config["vmap_width"] is None:
-        config["vmap_width"] = default_vmap_width(f, params, *args, num_directions=len(dirs))
+        config["vmap_width"] = default_vmap_width(
+            f, params, *args, num_directions=len(dirs), data_chunk=data_chunk
+        )
     width = int(config["vmap_width"])
 
     devices = jax.devices()
@@ -1109,7 +1368,9 @@ def _sweep(
         for idx in chunks:
             block = np.zeros((chunk, len(axes)), dtype)  # padding = θ itself
             block[: idx.size] = coeffs_all[idx]
-            res = _eval_chunk(f, mesh, width, dev_params, dev_dirs, _put(block, by_point), dev_args)
+            res = _eval_chunk(
+                f, mesh, width, data_chunk, dev_params, dev_dirs, _put(block, by_point), dev_args
+            )
             for name in names:
                 res_name = res if name is None else res[name]
                 values[name][idx] = _to_host(res_name)[: idx.size]
@@ -1195,6 +1456,7 @@ def sweep_1d(
     *args: Any,
     chunk_size: int | None = None,
     vmap_width: int | None = None,
+    data_chunk: int | None = None,
     out: str | os.PathLike | None = None,
     max_chunks: int | None = None,
     progress: bool = False,
@@ -1215,13 +1477,23 @@ def sweep_1d(
       params: θ.
       direction: d, shaped like ``params``.
       alphas: 1-D, at least 2 finite, strictly increasing values.
-      *args: passed to ``f`` unchanged (e.g. ``x, y``), replicated on every device.
+      *args: passed to ``f`` (e.g. ``x, y``), replicated on every device;
+        split into chunks of examples with ``data_chunk``.
       chunk_size: grid points per compiled call (and per checkpoint); rounded
         up to a multiple of ``vmap_width × number of devices``. Default:
         8 blocks per device, at most the whole grid. Does not change the values.
       vmap_width: points evaluated together under ``vmap`` on one device.
         Default (``None``): from :func:`default_vmap_width`, or the stored
         width when resuming. Part of the sweep's identity.
+      data_chunk: examples per chunk of the data (not ``chunk_size``, which
+        counts grid points). Each point's value is then the mean over
+        examples of ``f`` on chunks of ``data_chunk`` rows (axis 0) of every
+        argument in ``args``, the last smaller chunk weighted by its size,
+        accumulated in a ``lax.scan``, so a device holds ``vmap_width ×
+        data_chunk`` examples' intermediates instead of ``vmap_width × n``.
+        Equals the unchunked value when ``f`` is a mean over examples (a
+        cost, an accuracy), to rounding. Default ``None``: all the data at
+        once. Part of the sweep's identity (it changes the rounding).
       out: a directory to write the sweep into as it goes, and to resume from.
       max_chunks: stop after computing this many chunks (the rest stays NaN).
       progress: show a tqdm progress bar of points done.
@@ -1250,6 +1522,7 @@ def sweep_1d(
         kind="1d",
         chunk_size=chunk_size,
         vmap_width=vmap_width,
+        data_chunk=data_chunk,
         out=out,
         max_chunks=max_chunks,
         progress=progress,
@@ -1267,6 +1540,7 @@ def sweep_2d(
     *args: Any,
     chunk_size: int | None = None,
     vmap_width: int | None = None,
+    data_chunk: int | None = None,
     out: str | os.PathLike | None = None,
     max_chunks: int | None = None,
     progress: bool = False,
@@ -1296,13 +1570,23 @@ def sweep_2d(
       d2: the β direction, shaped like ``params``.
       alphas: 1-D, at least 2 finite, strictly increasing values.
       betas: likewise.
-      *args: passed to ``f`` unchanged (e.g. ``x, y``), replicated on every device.
+      *args: passed to ``f`` (e.g. ``x, y``), replicated on every device;
+        split into chunks of examples with ``data_chunk``.
       chunk_size: grid points per compiled call (and per checkpoint); rounded
         up to a multiple of ``vmap_width × number of devices``. Default:
         8 blocks per device, at most the whole grid. Does not change the values.
       vmap_width: points evaluated together under ``vmap`` on one device.
         Default (``None``): from :func:`default_vmap_width`, or the stored
         width when resuming. Part of the sweep's identity.
+      data_chunk: examples per chunk of the data (not ``chunk_size``, which
+        counts grid points). Each point's value is then the mean over
+        examples of ``f`` on chunks of ``data_chunk`` rows (axis 0) of every
+        argument in ``args``, the last smaller chunk weighted by its size,
+        accumulated in a ``lax.scan``, so a device holds ``vmap_width ×
+        data_chunk`` examples' intermediates instead of ``vmap_width × n``.
+        Equals the unchunked value when ``f`` is a mean over examples (a
+        cost, an accuracy), to rounding. Default ``None``: all the data at
+        once. Part of the sweep's identity (it changes the rounding).
       out: a directory to write the sweep into as it goes, and to resume from.
       max_chunks: stop after computing this many chunks (the rest stays NaN).
       progress: show a tqdm progress bar of points done.
@@ -1333,6 +1617,7 @@ def sweep_2d(
         kind="2d",
         chunk_size=chunk_size,
         vmap_width=vmap_width,
+        data_chunk=data_chunk,
         out=out,
         max_chunks=max_chunks,
         progress=progress,
