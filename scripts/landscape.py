@@ -33,22 +33,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax import MLP, data, landscape, plots, runs, train
+from gdjax import MLP, cli, data, landscape, plots, runs, train
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("run_dir", nargs="?", help="a run directory from scripts/train.py")
-    p.add_argument("--out", default=None, help="results directory")
+    cli.add_output_options(p, out=None)
     p.add_argument("--resolution", type=int, default=41, help="grid points per axis")
     p.add_argument("--span", type=float, default=1.0, help="sweep α, β over [−span, span]")
     p.add_argument("--norm", default="filter", choices=landscape.NORMS)
     p.add_argument("--epochs", type=int, default=300, help="default model's training epochs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
-    p.add_argument("--chunk-size", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--chunk-size", type=int, default=None, help="grid points per compiled call")
+    p.add_argument(
+        "--data-chunk",
+        type=int,
+        default=None,
+        help="examples per chunk of each point's loss (memory follows it; default: all at once)",
+    )
+    cli.add_progress_option(p)
     return p.parse_args(argv)
+
+
+def sweep_status(directory: Path) -> str | None:
+    """What a sweep directory holds: ``"38 784 of 90 601 points done, resuming"``,
+    ``"complete (121 points), reused"``, or None when there is none."""
+    record = directory / "sweep.json"
+    if not record.is_file():
+        return None
+    state = json.loads(record.read_text())
+    done, total = (
+        f"{state.get(k, 0):,}".replace(",", " ") for k in ("points_done", "points_total")
+    )
+    if done == total:
+        return f"complete ({total} points), reused"
+    return f"{done} of {total} points done, resuming"
 
 
 def train_default(out: Path, args) -> tuple[runs.Run, list]:
@@ -56,6 +76,7 @@ def train_default(out: Path, args) -> tuple[runs.Run, list]:
     run_dir, traj_file = out / "train", out / "trajectory.npz"
     model = MLP((2, 16, 16, 1), activation="tanh")
     if (run_dir / "meta.json").is_file() and traj_file.is_file():
+        print(f"training: reused {run_dir}")
         run = runs.load_run(run_dir)
         with np.load(traj_file) as stored:
             trajectory = [
@@ -73,6 +94,7 @@ def train_default(out: Path, args) -> tuple[runs.Run, list]:
     def record(epoch, params, opt_state, history):
         trajectory.append(jax.tree.map(np.asarray, params))
 
+    print(f"training the default model ({args.epochs} epochs) into {run_dir}")
     result = train.fit(
         model,
         ds.loss,
@@ -119,26 +141,51 @@ def train_default(out: Path, args) -> tuple[runs.Run, list]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
+    if args.run_dir and not (Path(args.run_dir) / "meta.json").is_file():
+        which = "has none" if Path(args.run_dir).is_dir() else "is no directory"
+        print(
+            f"run_dir: expected a run directory from scripts/train.py (with meta.json), got "
+            f"{args.run_dir}, which {which}.",
+            file=sys.stderr,
+        )
+        return 2
     out = Path(
         args.out or (Path(args.run_dir) / "landscape" if args.run_dir else "results/landscape")
     )
+    if out.exists() and not out.is_dir():
+        print(f"--out: expected a directory, got {out}, which is a file.", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(
+        ["python", "scripts/landscape.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     runs.atomic_write_json(
         out / "config.json",
         {
             **vars(args),
-            "command": " ".join(
-                ["python", "scripts/landscape.py", *(argv if argv is not None else sys.argv[1:])]
-            ),
+            "command": command,
         },
     )
     progress = not args.no_progress
-    sweep_kw = dict(chunk_size=args.chunk_size, progress=progress)
+    sweep_kw = dict(chunk_size=args.chunk_size, data_chunk=args.data_chunk, progress=progress)
+
+    def sweep(sweep_fn, name: str, *sweep_args):
+        """One resumable sweep into out/sweeps/<name>, saying what it reuses."""
+        directory = out / "sweeps" / name
+        status = sweep_status(directory)
+        if status is not None:
+            print(f"{name}: {status}")
+        saved = lambda: f"{name}: {sweep_status(directory) or 'nothing yet'} in {directory}"  # noqa: E731
+        with cli.stage(f"sweeping {name}", saved=saved, resume=command):
+            return sweep_fn(*sweep_args, out=directory, **sweep_kw)
 
     if args.run_dir:
         run, trajectory = runs.load_run(args.run_dir), None
     else:
-        run, trajectory = train_default(out, args)
+        with cli.stage(
+            "training the default model", saved="nothing (it trains again)", resume=command
+        ):
+            run, trajectory = train_default(out, args)
     ds = data.from_config(run.config)
     model, params = run.model, run.params
     loss = run.config["loss"]
@@ -160,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     d1 = landscape.filter_normalized_direction(k1, params, norm=args.norm)
     d2 = landscape.filter_normalized_direction(k2, params, norm=args.norm)
     d1, d2, cosine = landscape.orthogonalize(d1, d2)
-    plane = landscape.sweep_2d(
-        f, params, d1, d2, grid, grid, ds.x, ds.y, out=out / "sweeps" / "random_2d", **sweep_kw
-    )
+    plane = sweep(landscape.sweep_2d, "random_2d", f, params, d1, d2, grid, grid, ds.x, ds.y)
     summary["random_2d"] = {
         "cosine_before_orthogonalising": cosine,
         "min_loss": float(np.nanmin(plane["loss"])),
@@ -179,16 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     if trajectory is not None:
         theta0 = jax.tree.map(jnp.asarray, trajectory[0])
         line = np.linspace(-0.5, 1.5, 81)  # steps of 0.025: 0 (init) and 1 (trained) on it
-        interp = landscape.sweep_1d(
-            f,
-            theta0,
-            landscape.interpolation_direction(theta0, params),
-            line,
-            ds.x,
-            ds.y,
-            out=out / "sweeps" / "interpolation",
-            **sweep_kw,
-        )
+        direction = landscape.interpolation_direction(theta0, params)
+        interp = sweep(landscape.sweep_1d, "interpolation", f, theta0, direction, line, ds.x, ds.y)
         save(
             plots.landscape_1d(
                 line,
@@ -204,16 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         pad = 0.25 * (hi - lo) + 1e-3
         alphas = np.linspace(lo[0] - pad[0], hi[0] + pad[0], args.resolution)
         betas = np.linspace(lo[1] - pad[1], hi[1] + pad[1], args.resolution)
-        pca_plane = landscape.sweep_2d(
-            f,
-            params,
-            *pca.directions,
-            alphas,
-            betas,
-            ds.x,
-            ds.y,
-            out=out / "sweeps" / "pca_2d",
-            **sweep_kw,
+        pca_plane = sweep(
+            landscape.sweep_2d, "pca_2d", f, params, *pca.directions, alphas, betas, ds.x, ds.y
         )
         path_loss = np.array(
             [float(f(jax.tree.map(jnp.asarray, t), ds.x, ds.y)["loss"]) for t in trajectory]
@@ -254,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     # its two weights are the axes: C is a quadratic in them, a bowl
     c1 = [{"w": jnp.array([[1.0, 0.0]]), "b": jnp.zeros(1)}]
     c2 = [{"w": jnp.array([[0.0, 1.0]]), "b": jnp.zeros(1)}]
-    bowl = landscape.sweep_2d(
+    bowl = sweep(
+        landscape.sweep_2d,
+        "convex_2d",
         landscape.mlp_loss(lr_model, "mse"),
         lr_params,
         c1,
@@ -263,8 +294,6 @@ def main(argv: list[str] | None = None) -> int:
         grid * 2,
         lr_ds.x,
         lr_ds.y,
-        out=out / "sweeps" / "convex_2d",
-        **sweep_kw,
     )
     save(
         plots.convex_vs_nonconvex(
@@ -284,4 +313,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

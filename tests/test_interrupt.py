@@ -103,3 +103,64 @@ def test_the_message_names_the_innermost_stage_and_calls_what_is_saved():
 def test_hidden_widths_are_checked_by_name(text):
     with pytest.raises(ValueError, match="--hidden: expected positive integers"):
         cli.parse_hidden(text)
+
+
+def test_an_interrupted_landscape_sweep_resumes_to_the_uninterrupted_values(tmp_path):
+    """SIGINT while training (compiling) and mid-sweep: one line, 130, and the rerun says
+    what it reuses and finishes with the values of a run never interrupted."""
+    args = ["--resolution", "41", "--chunk-size", "32", "--epochs", "30", "--no-progress"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    script = str(ROOT / "scripts" / "landscape.py")
+
+    def start(out):
+        return subprocess.Popen(
+            [sys.executable, script, *args, "--out", str(out)], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    out = tmp_path / "a"
+    early = start(out)
+    # the first line comes as training starts (compiling): long before any sweep point
+    assert early.stdout.readline().startswith("training the default model")
+    early.send_signal(signal.SIGINT)
+    _, stderr = early.communicate(timeout=60)
+    assert early.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted while training")
+
+    proc = start(out)
+    record = out / "sweeps" / "random_2d" / "sweep.json"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if record.is_file() and json.loads(record.read_text())["points_done"] >= 320:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("interrupted while sweeping random_2d; saved: random_2d: "), line
+    assert "points done, resuming" in line and "Traceback" not in stderr
+    resume = shlex.split(line.split("; resume: ", 1)[1].rstrip("."))
+    finished = subprocess.run(
+        [sys.executable, *resume[1:]], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "training: reused" in finished.stdout
+    assert "random_2d: " in finished.stdout and "points done, resuming" in finished.stdout
+    fresh = subprocess.run(
+        [sys.executable, script, *args, "--out", str(tmp_path / "b")], cwd=ROOT, env=env,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    for name in ("random_2d", "interpolation", "pca_2d", "convex_2d"):
+        with (
+            np.load(out / "sweeps" / name / "grid.npz") as a,
+            np.load(tmp_path / "b" / "sweeps" / name / "grid.npz") as b,
+        ):
+            for key in b.files:
+                if key != "config":
+                    np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}/{key}")
