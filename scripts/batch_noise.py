@@ -29,14 +29,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from gdjax import MLP, data, per_example, plots, runs, train  # noqa: E402
+from gdjax import MLP, cli, data, per_example, plots, runs, train  # noqa: E402
 
 LOSS = "softmax_cross_entropy"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=32)
+    p = cli.parser(__doc__)
+    p.add_argument("--hidden", default="32", help="hidden widths, comma-separated")
     p.add_argument("--epochs", type=int, default=10, help="full-batch Adam steps before measuring")
     p.add_argument("--samples", type=int, default=100, help="minibatches per batch size")
     p.add_argument("--seed", type=int, default=0)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     key = jax.random.key(args.seed)
     ds = data.digits(dtype=jnp.float64)
     x, y = ds.x, ds.y
-    model = MLP((ds.num_inputs, args.hidden, ds.num_outputs), activation="tanh")
+    model = MLP((ds.num_inputs, *cli.parse_hidden(args.hidden), ds.num_outputs), "tanh")
     init_key, fit_key, sample_key = jax.random.split(key, 3)
     params = model.init(init_key, dtype=jnp.float64)
     if args.epochs > 0:
@@ -160,4 +160,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -23,14 +23,14 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from gdjax import MLP, boundaries, data, plots, runs, train
+from gdjax import MLP, boundaries, cli, data, plots, runs, train
 
 DATASETS = ("xor", "moons", "circles", "spirals")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, nargs="+", default=[16, 16], help="hidden widths")
+    p = cli.parser(__doc__)
+    p.add_argument("--hidden", default="16,16", help="hidden widths, comma-separated")
     p.add_argument("--activation", default="tanh", help="the non-linear hidden activation")
     p.add_argument("--epochs", type=int, default=1500, help="full-batch Adam steps")
     p.add_argument("--lr", type=float, default=0.02)
@@ -59,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     activations = (args.activation, "identity")
     fig = Figure(figsize=(2.6 * len(DATASETS), 2.6 * len(activations) + 0.4), layout="constrained")
     axes = fig.subplots(len(activations), len(DATASETS), squeeze=False)
-    summary: dict = {"hidden": args.hidden, "epochs": args.epochs, "runs": {}}
+    hidden = cli.parse_hidden(args.hidden)
+    summary: dict = {"hidden": list(hidden), "epochs": args.epochs, "runs": {}}
     for col, name in enumerate(DATASETS):
         data_key, fit_key = jax.random.split(jax.random.fold_in(key, col))
         ds = dataset(name, data_key, args.n)
         labels = boundaries.class_labels(ds.y)
         for row, act in enumerate(activations):
-            model = MLP((2, *args.hidden, ds.num_outputs), activation=act)
+            model = MLP((2, *hidden, ds.num_outputs), activation=act)
             result = train.fit(
                 model,
                 ds.loss,
@@ -108,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -13,13 +13,14 @@ everything outside the markers ``<!-- precision-table:start -->`` and
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import platform
 import sys
 import time
 
 import jax
+
+from gdjax import cli
 
 START = "<!-- precision-table:start -->"
 END = "<!-- precision-table:end -->"
@@ -141,7 +142,7 @@ def update_page(text: str, block: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--print", action="store_true", help="print the tables, write nothing")
     parser.add_argument("--page", type=pathlib.Path, default=PAGE, help="the page to update")
     args = parser.parse_args(argv)
@@ -156,4 +157,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

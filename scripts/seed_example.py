@@ -11,14 +11,15 @@ value disagrees with autodiff.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import jax
 
+from gdjax import cli
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--float32", action="store_true", help="compute in float32")
     args = parser.parse_args(argv)
     if not args.float32:
@@ -106,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -27,11 +27,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from gdjax import MLP, curvature, plots, runs, train  # noqa: E402
+from gdjax import MLP, cli, curvature, plots, runs, train  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument(
         "--etas", type=float, nargs="+", default=[0.1, 0.2, 0.4], help="learning rates η"
     )
@@ -146,4 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -29,11 +29,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from gdjax import MLP, curvature, data, objective, plots, runs, train  # noqa: E402
+from gdjax import MLP, cli, curvature, data, objective, plots, runs, train  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("run_dir", nargs="?", help="a run directory from scripts/train.py")
     p.add_argument("--out", default=None, help="results directory")
     p.add_argument("--points", type=int, default=41, help="number of step sizes η")
@@ -269,4 +269,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

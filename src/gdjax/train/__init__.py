@@ -39,12 +39,12 @@ shuffle key, divergence flag) are written atomically with
 the same ``fit`` again resumes after the last checkpoint and gives the params of
 an uninterrupted run bit for bit; a checkpoint of another config is refused.
 
-The package, bottom to top: :mod:`~gdjax.train.step` (one step, the
-optimizers, meshes, evaluation), :mod:`~gdjax.train.epochs` (the jitted
-blocks of epochs), :mod:`~gdjax.train.history` (the host's record of a run),
-:mod:`~gdjax.train.checkpoints` (writing and resuming), then
-:mod:`~gdjax.train.loop` (:func:`fit`) and :mod:`~gdjax.train.population`
-(:func:`fit_population`, many members in one jitted run) on top.
+The package, bottom to top: ``gdjax.train.step`` (one step, the
+optimizers, meshes, evaluation), ``gdjax.train.epochs`` (the jitted blocks of
+epochs), ``gdjax.train.history`` (the host's record of a run),
+``gdjax.train.checkpoints`` (writing and resuming), then ``gdjax.train.loop``
+(:func:`fit`) and ``gdjax.train.population`` (:func:`fit_population`, many
+members in one jitted run) on top.
 """
 
 from gdjax.metrics import accuracy as accuracy
@@ -69,6 +69,7 @@ __all__ = [
     "make_optimizer",
     "make_step",
     "fit",
+    "MAX_EPOCHS_PER_CALL",
     "fit_population",
     "PopulationResult",
     "evaluate",

@@ -49,7 +49,7 @@ class _CheckpointWriter:
 
     Training does not wait for the disk: ``submit`` hands over device arrays that
     no later block donates, plus a snapshot of the history (a function that
-    builds its arrays, :meth:`gdjax.train.history.Log.snapshot`), and returns;
+    builds its arrays, ``Log.snapshot`` in ``gdjax.train.history``), and returns;
     the writer copies to the host and builds the arrays itself. One
     write runs at a time; a snapshot submitted while one runs waits, and a newer
     one replaces it. After a write that took w seconds the next starts no sooner

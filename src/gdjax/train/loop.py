@@ -294,7 +294,7 @@ def fit(
         ``None`` (default): ``"hand"`` for an MLP, ``"auto"`` for any other model.
       eval_every: evaluate train/test loss and accuracy every k epochs (0: never).
         Between host events (evaluation, diagnostics, callbacks, checkpoints) up
-        to :data:`MAX_EPOCHS_PER_CALL` epochs run in one jitted call, so
+        to :data:`~gdjax.train.MAX_EPOCHS_PER_CALL` epochs run in one jitted call, so
         ``eval_every=0`` (or a large k) gives the fastest loop.
       diagnostics_every: record per-layer norms (:mod:`gdjax.diagnostics`) on the
         training set every k epochs (0: never; an MLP only, since the δ^l and

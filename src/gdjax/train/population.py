@@ -134,9 +134,11 @@ def fit_population(
     params and flagged (``diverged``, ``diverged_step``); the others go on
     unaffected, and training stops early only when every member has diverged.
 
+    ``model``, ``loss``, ``optimizer``, ``data``, ``epochs``, ``batch_size``,
+    ``grad``, ``eval_every``, ``diagnostics_every``, ``progress`` and
+    ``checkpoint_every`` are as for :func:`~gdjax.train.fit`.
+
     Args:
-      model, loss, optimizer, data, epochs, batch_size, grad, eval_every,
-        diagnostics_every, progress, checkpoint_every: as :func:`~gdjax.train.fit`.
       keys: P ≥ 1 PRNG keys, e.g. ``jax.random.split(jax.random.key(0), 8)``.
       params: starting params with a leading member axis of size P on every
         leaf (required for a model given as a function); default: each
