@@ -540,3 +540,21 @@ def test_blocks_of_epochs_give_the_per_epoch_result(key):
         blocked.history["step_loss"], per_epoch.history["step_loss"], rtol=1e-12
     )
     np.testing.assert_array_equal(blocked.history["epoch"], np.arange(1, 8))
+
+
+def test_the_progress_bar_hears_every_epoch_inside_a_block_and_changes_nothing(key):
+    """progress=True adds a host tick per epoch inside the jitted block; same numbers."""
+    ds = data.moons(key, n=64)
+    model = MLP((2, 8, 1), activation="tanh")
+    heard = []
+    train.epochs._listeners.append(heard.append)
+    try:
+        common = dict(epochs=8, key=key, batch_size=16, eval_every=0, learning_rate=0.1)
+        shown = train.fit(model, ds.loss, "sgd", ds, progress=True, **common)
+    finally:
+        train.epochs._listeners.remove(heard.append)
+    silent = train.fit(model, ds.loss, "sgd", ds, progress=False, **common)
+    assert train.epochs._epochs_per_call(8, []) == 8  # one block: the ticks came from inside it
+    assert sorted(heard) == list(range(1, 9))
+    for a, b in zip(jax.tree.leaves(shown), jax.tree.leaves(silent), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -103,6 +103,7 @@ def _make_epochs(
     mesh=None,
     guard: bool = True,
     members: bool | Mesh = False,
+    ticks: bool = False,
 ):
     """``count`` epochs in one jitted call: a ``lax.scan`` over epochs e, e+1, ….
 
@@ -118,6 +119,10 @@ def _make_epochs(
     Without ``guard`` no step checks anything; the block's ``diverged_at`` comes
     back as :data:`NOT_FINITE` when a loss or an end param is not finite, and
     ``fit`` then replays the block, guarded, from a copy of its inputs.
+
+    With ``ticks``, each finished epoch e calls :func:`tick` on the host (an
+    unordered ``jax.debug.callback``, outside the arithmetic), so a progress
+    bar moves while the block runs.
     """
     epoch = _epoch_body(model, loss, tx, grad, schedule, mesh, guard)
 
@@ -128,6 +133,8 @@ def _make_epochs(
             params, opt_state, values, diverged_at = epoch(
                 params, opt_state, x, y, key, (e - 1) * schedule.steps, diverged_at
             )
+            if ticks:
+                jax.debug.callback(tick, e)
             return (params, opt_state, diverged_at), values
 
         epochs = first_epoch + jnp.arange(count, dtype=jnp.int32)
@@ -156,6 +163,15 @@ def _make_epochs(
 
 
 MAX_EPOCHS_PER_CALL = 32
+
+
+_listeners: list = []
+
+
+def tick(epoch) -> None:
+    """Epoch ``epoch`` has finished on the device: tell the listening progress bars."""
+    for listener in list(_listeners):
+        listener(int(epoch))
 
 
 def _epochs_per_call(epochs: int, intervals: list[int]) -> int:

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from gdjax._checks import check_num_examples, check_positive_int, is_concrete, s
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
 from gdjax.models import as_loss, as_model, check_batch
+from gdjax.train import epochs as epochs_module
 from gdjax.train.checkpoints import (
     _check_fingerprint,
     _CheckpointWriter,
@@ -148,6 +150,7 @@ class _Run:
             self.mesh,
             guard,
             self.members,
+            ticks=self.progress,
         )
 
 
@@ -456,6 +459,34 @@ class _Host:
             disable=not run.progress,
         )
         self.start = time.perf_counter()
+        self.compile_s = 0.0  # time spent in first calls (tracing and compiling)
+        self.compiled: set = set()
+        self._lock = threading.Lock()
+        self._shown = time.perf_counter()
+        if run.progress:
+            epochs_module._listeners.append(self.on_tick)
+
+    def call(self, fn, *args):
+        """``fn(*args)``, timing its first call apart: that is compilation, not training."""
+        if fn in self.compiled:
+            return fn(*args)
+        begun = time.perf_counter()
+        out = fn(*args)  # returns once compiled and dispatched
+        self.compile_s += time.perf_counter() - begun
+        self.compiled.add(fn)
+        return out
+
+    def on_tick(self, epoch: int) -> None:
+        """An epoch finished on the device (a runtime thread): move the bar, ≤ 10 times a second."""
+        now = time.perf_counter()
+        if now - self._shown >= 0.1:
+            self._shown = now
+            self.advance(epoch)
+
+    def advance(self, epoch: int) -> None:
+        with self._lock:
+            if epoch > self.bar.n:
+                self.bar.update(epoch - self.bar.n)
 
     def evaluations(self, last: int, params) -> dict | None:
         """Evaluation after epoch ``last`` if it is due: dispatched now, read later."""
@@ -483,12 +514,14 @@ class _Host:
             log.record("eval_epoch", last)
             for name, value in evals.items():
                 log.record(name, np.asarray(value, np.float64))
-        elapsed = time.perf_counter() - self.start
+        running = max(time.perf_counter() - self.start - self.compile_s, 1e-9)
+        steps = (last - self.first_epoch + 1) * self.run.schedule.steps
         self.bar.set_postfix(
             loss=f"{np.nanmedian(log.losses[-1]):.4g}",
-            steps_per_s=f"{(last - self.first_epoch + 1) * self.run.schedule.steps / elapsed:.0f}",
+            steps_per_s=f"{steps / running:.0f}",
+            compile=f"{self.compile_s:.1f}s",
         )
-        self.bar.update(count)
+        self.advance(last)
         return False
 
     def diagnostics(self, last: int, params) -> None:
@@ -521,6 +554,8 @@ class _Host:
         self.checkpointed = epoch
 
     def close(self) -> None:
+        if self.on_tick in epochs_module._listeners:
+            epochs_module._listeners.remove(self.on_tick)
         self.bar.close()
         if self.writer is not None:  # also on Ctrl-C: the last snapshot reaches the disk
             self.writer.close()
@@ -583,7 +618,9 @@ def _train(run: _Run, fingerprint, state: _State, log: Log) -> _State:
         epochs = run.epochs_fn(block.count, guard=True)
         first, not_diverged = run.replicated(jnp.asarray(block.first, jnp.int32)), -1
         diverged = run.per_member(jnp.full(jnp.shape(diverged_at), not_diverged, jnp.int32))
-        p, s, values, block_diverged_at = epochs(*block.inputs, x, y, shuffle_key, first, diverged)
+        p, s, values, block_diverged_at = host.call(
+            epochs, *block.inputs, x, y, shuffle_key, first, diverged
+        )
         last = block.first + block.count - 1
         return block._replace(
             values=values,
@@ -612,7 +649,8 @@ def _train(run: _Run, fingerprint, state: _State, log: Log) -> _State:
             count = min(run.block, run.epochs - epoch + 1)
             last = epoch + count - 1
             inputs = None if guard else _device_copy((params, opt_state))
-            params, opt_state, values, diverged_at = run.epochs_fn(count, guard)(
+            params, opt_state, values, diverged_at = host.call(
+                run.epochs_fn(count, guard),
                 params,
                 opt_state,
                 x,
