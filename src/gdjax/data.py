@@ -806,8 +806,9 @@ def default_cache_dir() -> Path:
     ``$GDJAX_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/gdjax``, else
     ``~/.cache/gdjax``; an empty variable counts as unset.
 
-    >>> isinstance(default_cache_dir(), Path)
-    True
+    Examples:
+      >>> isinstance(default_cache_dir(), Path)
+      True
     """
     if os.environ.get("GDJAX_CACHE_DIR"):
         return Path(os.environ["GDJAX_CACHE_DIR"]).expanduser()

@@ -463,8 +463,9 @@ def mlp(
     For depth studies, ``mlp((40, *[100] * depth, 10), residual=r)`` has
     ``depth`` hidden layers and, with ``r``, ``depth − 1`` skips.
 
-    >>> [mlp((40, *[100] * d, 10), residual=True).skips for d in (2, 6)]
-    [(2,), (2, 3, 4, 5, 6)]
+    Examples:
+      >>> [mlp((40, *[100] * d, 10), residual=True).skips for d in (2, 6)]
+      [(2,), (2, 3, 4, 5, 6)]
     """
     return FeedForward(sizes, activation, residual)
 
@@ -476,8 +477,9 @@ def logistic_regression(
 
     The paper's ``LinearBase``; train it with ``"softmax_cross_entropy"``.
 
-    >>> [p["w"].shape for p in logistic_regression().init(jax.random.key(0))]
-    [(10, 40)]
+    Examples:
+      >>> [p["w"].shape for p in logistic_regression().init(jax.random.key(0))]
+      [(10, 40)]
     """
     return FeedForward((num_inputs, num_classes))
 
@@ -491,9 +493,10 @@ def mnist1d_mlp(
         a^2 = a^1 + relu(w^2 a^1 + b^2)         100 → 100, a skip
         z^3 = w^3 a^2 + b^3                     100 → 10 (logits)
 
-    >>> net = mnist1d_mlp()
-    >>> net.sizes, net.skips
-    ((40, 100, 100, 10), (2,))
+    Examples:
+      >>> net = mnist1d_mlp()
+      >>> net.sizes, net.skips
+      ((40, 100, 100, 10), (2,))
     """
     hidden = _check_int("hidden", hidden, 1)
     return FeedForward((num_inputs, hidden, hidden, num_classes), "relu", True)
@@ -509,8 +512,9 @@ def mnist1d_cnn(
 
     See :class:`ConvNet1D` for the convolution's equation.
 
-    >>> mnist1d_cnn() == ConvNet1D()
-    True
+    Examples:
+      >>> mnist1d_cnn() == ConvNet1D()
+      True
     """
     channels = _check_int("channels", channels, 1)
     return ConvNet1D(num_inputs, (channels,) * 3, (5, 3, 3), (2, 2, 2), (1, 1, 1), num_classes)
