@@ -23,6 +23,14 @@ F64 = {  # the float64 configurations the tests share
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cache_outside_home(tmp_path_factory):
+    """mnist1d caches what it generates: keep that out of the user's home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GDJAX_CACHE_DIR", str(tmp_path_factory.mktemp("gdjax-cache")))
+        yield
+
+
 def load(name, seed=0, **kwargs):
     if name == "xor" and not kwargs:
         kwargs = dict(n=40, noise=0.1, test_fraction=0.2)  # the sampled version
@@ -49,9 +57,17 @@ def class_of(y, num_classes):
 
 
 def test_names_and_get():
-    assert data.names() == ("linear_regression", "xor", "moons", "circles", "spirals", "digits")
+    assert data.names() == (
+        "linear_regression",
+        "xor",
+        "moons",
+        "circles",
+        "spirals",
+        "digits",
+        "mnist1d",
+    )
     assert data.get("xor").name == "xor"
-    with pytest.raises(ValueError, match=r"name: expected one of linear_regression, .*digits"):
+    with pytest.raises(ValueError, match=r"name: expected one of linear_regression, .*mnist1d"):
         data.get("mnist")
 
 
@@ -64,6 +80,7 @@ EXPECTED = {  # name: (n before split, d, y shape after the row count, y dtype, 
     "circles": (200, 2, (1,), jnp.float32, "sigmoid_binary_cross_entropy", 2),
     "spirals": (400, 2, (1,), jnp.float32, "sigmoid_binary_cross_entropy", 2),
     "digits": (1797, 64, (), jnp.int32, "softmax_cross_entropy", 10),
+    "mnist1d": (5000, 40, (), jnp.int32, "softmax_cross_entropy", 10),
 }
 
 

@@ -19,6 +19,7 @@ from gdjax import landscape as landscape
 from gdjax import losses as losses
 from gdjax import metrics as metrics
 from gdjax import models as models
+from gdjax import nets as nets
 from gdjax import optim as optim
 from gdjax import per_example as per_example
 from gdjax import plots as plots
