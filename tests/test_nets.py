@@ -356,3 +356,12 @@ def test_bad_init_and_apply_arguments_name_the_argument():
         )
     with pytest.raises(ValueError, match=r"^params\[0\]: expected a dict with keys 'w' and 'b'"):
         nets.mnist1d_mlp().apply([{"kernel": 1}, {}, {}], jnp.ones((2, 40)))
+
+
+def test_nets_of_different_configs_have_different_checkpoint_fingerprints():
+    """fit's fingerprint names a function model by its repr: a net's fields must show."""
+    from gdjax.models import as_model
+
+    plain, skips = nets.mlp((4, 8, 8, 2)), nets.mlp((4, 8, 8, 2), residual=True)
+    assert repr(as_model(plain)) != repr(as_model(skips))
+    assert repr(as_model(plain)) == repr(as_model(nets.mlp((4, 8, 8, 2))))

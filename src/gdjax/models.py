@@ -72,6 +72,8 @@ class ApplyModel:
         return self.fn(params, x)
 
     def __repr__(self) -> str:  # stable across processes: fit's checkpoint fingerprint uses it
+        if dataclasses.is_dataclass(self.fn) and not isinstance(self.fn, type):
+            return f"ApplyModel({self.fn!r})"  # a configured net: its fields tell configs apart
         module = getattr(self.fn, "__module__", None) or type(self.fn).__module__
         name = getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
         return f"ApplyModel({module}.{name})"
