@@ -38,7 +38,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import bench_chunked
 import bench_curvature
+import bench_generic
 import bench_inside
 import bench_memory
 import bench_roofline
@@ -72,6 +74,8 @@ SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "memory": bench_memory.section,
     "per_example": bench_inside.section,
     "scale": bench_scale.section,
+    "generic": bench_generic.section,
+    "chunked_lanczos": bench_chunked.section,
 }
 
 
