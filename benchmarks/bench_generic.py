@@ -11,14 +11,16 @@ config (d) only), float32, plain SGD (η = 1e-2), the same params and batches,
 
 - ``make_step``: ``make_step(model, …)`` called as users call it (the per-call
   ``check_batch`` included), and its ``.jitted`` (the compiled step alone), per step;
-- ``fit``: per epoch, from ``fit(E₂) − fit(E₁)`` (fit's fixed per-call cost
-  cancels; E₂ − E₁ sized to ~0.3 s of training as in ``bench_steps.py``),
+- ``fit``: per step, from ``fit(E₂) − fit(1)`` (fit's fixed per-call cost
+  cancels; E₂ − 1 ≥ 2 epochs, sized to ~1 s of training as in ``bench_steps.py``),
 
 each for ``model=mlp`` (the MLP path) and ``model=mlp.apply`` (the generic path:
 one bound-method object, passed every time), in blocks of ~0.1 s (at least 4
-steps), 7 rounds (3 with ``--quick``) that visit the six variants in a rotating
-order; rows are medians over rounds, ratios medians of per-round ratios (target
-generic / MLP ≤ 1.02). To say where a difference comes from, it also times the
+steps, the same number for both paths). A round runs, for each kind in a
+rotating order, an ABBA quartet of the two paths (A = MLP on even rounds), and
+its ratio is Σ generic / Σ MLP over the quartet, so a linear drift cancels; 7
+rounds (3 with ``--quick``), rows and ratios are medians (target generic / MLP
+≤ 1.02). To say where a difference comes from, it also times the
 per-call input check of each path alone (``gdjax.models.check_batch``, as
 ``make_step``'s wrapper calls it, interleaved) and records whether the two
 paths lower to the same StableHLO (``make_step``'s jitted step; ``fit``'s
@@ -128,7 +130,14 @@ def _config_rows(name: str, config, quick: bool, rounds: int, block_s: float) ->
         for suffix, fn in (("make_step", step), ("make_step.jitted", step.jitted)):
             p = jax.tree.map(jnp.copy, params)
             runners[f"{path} {suffix}"] = _jax_stepper(fn, p, step.optimizer.init(p), x, y)
-    steps_of = {v: _calibrate(run, block_s) for v, run in runners.items()}
+    # Both paths run blocks of the same number of steps, calibrated on the MLP path
+    # (the other's runner gets a warm-up step), so the final sync weighs the same.
+    steps_of = {}
+    for what in ("make_step", "make_step.jitted"):
+        steps_of[f"mlp {what}"] = steps_of[f"generic {what}"] = _calibrate(
+            runners[f"mlp {what}"], block_s
+        )
+        runners[f"generic {what}"](1)
     fits = {
         path: _fit_stepper(m, loss, x_all, y_all, batch, params=params, grad="auto")
         for path, m in models.items()
