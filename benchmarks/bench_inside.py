@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+from common import Context, Row, interleaved, rows_from_dicts
 
 from gdjax import MLP, objective
 from gdjax.per_example import per_example_grad_norms, per_example_grads
@@ -39,23 +37,6 @@ from gdjax.per_example import per_example_grad_norms, per_example_grads
 SECTION = "per_example"
 SIZES = (784, 512, 512, 10)
 LOSS = "softmax_cross_entropy"
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
-def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each fn, alternating between them; one warm-up call each first."""
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(_timed(fn))
-    return times
 
 
 def _row(case: str, values: list[float], unit: str, notes: str = "") -> dict:
@@ -102,14 +83,14 @@ def per_example_section(quick: bool) -> list[dict]:
     norm_err = float(jnp.max(jnp.abs(hand_norms(params, x, y) / auto_norms(params, x, y) - 1)))
     del hand, auto
 
-    times = _interleaved(
+    times = interleaved(
         {
             "hand": lambda: hand_grads(model, LOSS, params, x, y),
             "auto": lambda: auto_grads(params, x, y),
         },
         repeats,
     )
-    norm_times = _interleaved(
+    norm_times = interleaved(
         {"hand": lambda: hand_norms(params, x, y), "auto": lambda: auto_norms(params, x, y)},
         repeats,
     )
@@ -157,6 +138,11 @@ def per_example_section(quick: bool) -> list[dict]:
             "goal ≥ 10",
         ),
     ]
+
+
+def section(ctx: Context) -> list[Row]:
+    """Per-example gradients by hand against ``jit(vmap(grad))``; norms without forming them."""
+    return rows_from_dicts(per_example_section(ctx.quick))
 
 
 def format_rows(rows: list[dict]) -> str:

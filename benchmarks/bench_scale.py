@@ -26,6 +26,8 @@ import tempfile
 import textwrap
 import time
 
+from common import Context, Row, rows_from_dicts
+
 DEVICE_COUNTS = (1, 2, 4, 8)
 
 WORKER = """
@@ -165,6 +167,14 @@ def scale_section(quick: bool) -> list[dict]:
         }
     )
     return rows
+
+
+def section(ctx: Context) -> list[Row]:
+    """Sweeps and data-parallel steps on 1, 2, 4, 8 simulated CPU devices; checkpoint overhead.
+
+    Each device count runs in a child process.
+    """
+    return rows_from_dicts(scale_section(ctx.quick))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import Context, Row, roofline_size, rows_from_dicts
 
 import gdjax
 from gdjax import MLP
@@ -299,9 +300,11 @@ def _matmul_stepper(n: int) -> Callable[[int], None]:
     return run
 
 
-def _fit_stepper(model, loss, x, y, batch):
-    """``run(epochs) -> seconds`` of one fit call over the S batches of (x, y)."""
+def _fit_stepper(model, loss, x, y, batch, **options):
+    """``run(epochs) -> seconds`` of one fit call over the S batches of (x, y); ``options``
+    go to ``fit`` as they are (e.g. ``params=``, ``grad=``)."""
     kw = dict(batch_size=batch, key=jax.random.key(0), learning_rate=LR, progress=False)
+    kw.update(options)
 
     def run(epochs: int) -> float:
         start = time.perf_counter()
@@ -465,6 +468,11 @@ def steps_section(
             row(f"({name}) hand: roofline", statistics.median(fractions["hand"]), "fraction", note,
                 fractions["hand"])  # fmt: skip
     return rows
+
+
+def section(ctx: Context) -> list[Row]:
+    """The four configs (a)–(d): gdjax hand/auto steps, bare jit(grad), fit, torch, NumPy."""
+    return rows_from_dicts(steps_section(ctx.quick, ctx.repeats, roofline_size(ctx)))
 
 
 def main() -> None:
