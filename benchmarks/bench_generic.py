@@ -24,7 +24,7 @@ rounds (3 with ``--quick``), rows and ratios are medians (target generic / MLP
 per-call input check of each path alone (``gdjax.models.check_batch``, as
 ``make_step``'s wrapper calls it, interleaved) and records whether the two
 paths lower to the same StableHLO (``make_step``'s jitted step; ``fit``'s
-jitted epoch, through the private ``gdjax.train._make_epochs``).
+jitted epoch, through the private ``gdjax.train.epochs._make_epochs``).
 """
 
 from __future__ import annotations
@@ -68,13 +68,15 @@ def _same_lowering(model: MLP, apply, loss: str, params, x, y, batch: int) -> di
     try:  # private API: fit's jitted epoch, as fit builds it (one epoch, unguarded)
         train = gdjax.train
         n = x.shape[0]
-        schedule = train._Schedule(batch, n // batch, n % batch)
+        schedule = train.epochs._Schedule(batch, n // batch, n % batch)
         tx = train.make_optimizer("sgd", learning_rate=LR)
         args = (params, tx.init(params), x, y, jax.random.key(0)) + tuple(
             jnp.asarray(v, jnp.int32) for v in (1, -1)
         )
         texts = [
-            train._make_epochs(as_model(m), as_loss(loss), tx, "auto", schedule, 1, None, False)
+            train.epochs._make_epochs(
+                as_model(m), as_loss(loss), tx, "auto", schedule, 1, None, False
+            )
             .lower(*args)
             .as_text()
             for m in (model, apply)

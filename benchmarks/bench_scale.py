@@ -58,7 +58,7 @@ for _ in range(repeats):
 step = train.make_step(model, "softmax_cross_entropy", "sgd", mesh="local", learning_rate=0.1)
 p = jax.tree.map(jnp.array, params)
 s = step.optimizer.init(p)
-xs, ys = train._put((x, y), train.NamedSharding(step.mesh, train.P("data")))
+xs, ys = train.step._put((x, y), train.step.NamedSharding(step.mesh, train.step.P("data")))
 # Each step is waited for: with many steps in flight, the collectives of 8 simulated
 # devices on 2 cores can starve and hit XLA's 40 s rendezvous timeout.
 n = 20 if quick else 50

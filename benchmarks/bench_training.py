@@ -163,15 +163,15 @@ def training(ctx: Context) -> list[Row]:
     # fit's own jitted epoch (private API: perm + gather, no per-step guard, a finiteness
     # check of the block's end), called as fit calls it — after copying its inputs (kept
     # for a guarded replay) — without fit's host work around it.
-    fit_epoch = gdjax.train._make_epochs(
-        model, gdjax.losses.get(LOSS), tx, "hand", gdjax.train._Schedule(BATCH, full, rest), 1,
-        None, False,
+    fit_epoch = gdjax.train.epochs._make_epochs(
+        model, gdjax.losses.get(LOSS), tx, "hand",
+        gdjax.train.epochs._Schedule(BATCH, full, rest), 1, None, False,
     )  # fmt: skip
     first_epoch = jnp.asarray(1, jnp.int32)
     not_diverged = jnp.asarray(-1, jnp.int32)
 
     def fit_epoch_direct(params, opt_state, data, key):
-        gdjax.train._device_copy((params, opt_state))  # what fit keeps for a replay
+        gdjax.train.checkpoints._device_copy((params, opt_state))  # what fit keeps for a replay
         return fit_epoch(params, opt_state, *data, key, first_epoch, not_diverged)
 
     step_hand = make_step(model, LOSS, tx, grad="hand")
@@ -273,7 +273,7 @@ def training(ctx: Context) -> list[Row]:
         "scan, perm+gather": "+ new permutation each epoch (as fit), no guard",
         "scan, perm+gather, guard(loss)": "+ where(isfinite(loss), new, old) on params+state",
         "scan, perm+gather, guard(loss,grads)": "+ where(loss and all grads finite, new, old)",
-        "fit epoch fn": "train._make_epochs(..., 1, guard=False) + input copy, as fit runs it",
+        "fit epoch fn": "epochs._make_epochs(..., 1, guard=False) + input copy, as fit runs it",
         "fit(hand)": "fit(grad='hand'), epochs 2..1+E: callback return to next callback",
         "fit(auto)": "fit(grad='auto'), as above",
     }
