@@ -876,9 +876,9 @@ BAD_CALLS = {
         lambda: curvature.spectral_density(TINY_F, TINY_PARAMS, *TINY_ARGS, key=None),
         r"key: expected a PRNG key",
     ),
-    "layer curvature of params that are not a list of layers": (
-        lambda: curvature.layer_curvature(TINY_F, TINY_PARAMS[0], *TINY_ARGS, key=KEY),
-        r"params: expected a non-empty list of per-layer pytrees",
+    "layer curvature of params that are one array, not layers": (
+        lambda: curvature.layer_curvature(TINY_F, TINY_PARAMS[0]["w"], *TINY_ARGS, key=KEY),
+        r"params: expected a pytree with top-level entries to split into layers.*got a single",
     ),
     "unknown trace method": (
         lambda: curvature.layer_curvature(
@@ -890,9 +890,9 @@ BAD_CALLS = {
         lambda: curvature.layer_curvature(TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, samples=1),
         r"samples: expected at least 2",
     ),
-    "sharpness of something that is not an MLP": (
-        lambda: curvature.track_sharpness(TINY_F, "mse", *TINY_ARGS, key=KEY),
-        r"model: expected a gdjax.MLP, got function",
+    "sharpness of something that is neither an MLP nor a function": (
+        lambda: curvature.track_sharpness(3, "mse", *TINY_ARGS, key=KEY),
+        r"model: expected a gdjax.MLP or a function, got int",
     ),
     "sharpness with an unknown loss": (
         lambda: curvature.track_sharpness(TINY, "l1", *TINY_ARGS, key=KEY),

@@ -20,7 +20,13 @@ from jax.flatten_util import ravel_pytree
 
 from gdjax._checks import check_finite_args, check_finite_number, check_positive_int
 from gdjax.curvature.eigen import _basis_rows, _lanczos_update, _set_orthonormal
-from gdjax.curvature.products import _check_choice, _check_key, _check_params, _flat_hvp_operator
+from gdjax.curvature.products import (
+    _check_choice,
+    _check_data_chunk,
+    _check_key,
+    _check_params,
+    _flat_operator,
+)
 
 __all__ = ["spectral_density", "SpectralDensity"]
 
@@ -64,8 +70,8 @@ class SpectralDensity(NamedTuple):
         return float(np.mean(np.sum(self.weights * inside, axis=1)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
-def _slq_lanczos(f, params, keys, steps, batch_size, gaussian, args):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 7))
+def _slq_lanczos(f, params, keys, steps, batch_size, gaussian, args, data_chunk=None):
     """α ``(runs, m)`` and β ``(runs, m − 1)`` of ``T_m`` from each key's start vector.
 
     The Lanczos step (with full reorthogonalisation) is :func:`_lanczos_update`;
@@ -76,7 +82,7 @@ def _slq_lanczos(f, params, keys, steps, batch_size, gaussian, args):
     flat, _ = ravel_pytree(params)
     n, dtype = flat.size, flat.dtype
     eps = jnp.finfo(dtype).eps
-    operator = _flat_hvp_operator(f, params, args)
+    operator = _flat_operator(f, params, args, data_chunk)
 
     def one_run(key):
         start_key, restart_key = jax.random.split(key)
@@ -148,6 +154,7 @@ def spectral_density(
     sigma: float | None = None,
     distribution: Literal["rademacher", "gaussian"] = "rademacher",
     batch_size: int = 1,
+    data_chunk: int | None = None,
 ) -> SpectralDensity:
     """The eigenvalue density of the Hessian by stochastic Lanczos quadrature (SLQ).
 
@@ -195,6 +202,8 @@ def spectral_density(
       distribution: of the start vectors before normalising: ``"rademacher"``
         (±1, the lower-variance choice) or ``"gaussian"``.
       batch_size: runs computed together under ``vmap``; memory ``batch_size·(m+1)·n``.
+      data_chunk: ``None``, or k examples per chunk: every product is accumulated
+        over chunks of the data (see :func:`hvp`), so memory follows k, not n.
 
     Returns:
       A :class:`SpectralDensity` ``(nodes, weights, grid, density, sigma, hvps)``;
@@ -231,6 +240,7 @@ def spectral_density(
         sigma = check_finite_number("sigma", sigma)
     distribution = _check_choice("distribution", distribution, ("rademacher", "gaussian"))
     batch_size = check_positive_int("batch_size", batch_size)
+    data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
 
     alphas, betas = _slq_lanczos(
@@ -241,6 +251,7 @@ def spectral_density(
         min(batch_size, runs),
         distribution == "gaussian",
         args,
+        data_chunk,
     )
     alphas, betas = np.asarray(alphas, np.float64), np.asarray(betas, np.float64)
     t = np.zeros((runs, steps, steps))

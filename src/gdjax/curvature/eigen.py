@@ -591,7 +591,7 @@ def top_eigenvalues(
     tol = check_finite_number("tol", tol)
     if not isinstance(confirm, bool):
         raise TypeError(f"confirm: expected True or False, got {confirm!r}.")
-    data_chunk = _check_data_chunk(data_chunk, args)
+    data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
     if init is not None:
         _check_like("init", init, params)

@@ -103,7 +103,7 @@ def trace(
             f"samples: expected at least 2 (a standard error needs two), got {samples}."
         )
     batch_size = check_positive_int("batch_size", batch_size)
-    data_chunk = _check_data_chunk(data_chunk, args)
+    data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
     values = np.asarray(
         _hutchinson(f, params, key, samples, min(batch_size, samples), args, data_chunk),

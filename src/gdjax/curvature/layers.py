@@ -3,6 +3,11 @@
 - :func:`layer_curvature` — ``λ_max(H_ll)`` and ``tr H_ll`` of every layer's
   diagonal block; returns a :class:`LayerCurvature`.
 
+What a layer is, for any params pytree (``_layers``): a top-level entry of
+params that holds at least one array, in ``jax.tree_util`` order — ``params[l]``
+of a list (``MLP.init``'s ``[{"w", "b"}, …]``), ``params[key]`` of a dict in
+sorted key order, a module's fields in order.
+
 A layer's block is the Hessian of C in that layer's params alone, the others
 held fixed (``_LayerRestricted``); :mod:`gdjax.curvature.taylor` uses the same
 block for the stability limit of a step that moves one layer.
@@ -11,7 +16,7 @@ block for the stability limit of a step that moves one layer.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -24,9 +29,10 @@ from gdjax.curvature.eigen import top_eigenvalues
 from gdjax.curvature.hutchinson import trace
 from gdjax.curvature.products import (
     _check_choice,
+    _check_data_chunk,
     _check_key,
     _check_params,
-    _flat_hvp_operator,
+    _flat_operator,
     _num_params,
 )
 
@@ -35,39 +41,111 @@ __all__ = ["layer_curvature", "LayerCurvature"]
 PyTree = Any
 
 
-# ---------------------------------------------------------------- per-layer curvature
+# ---------------------------------------------------------------- what a layer is
+
+_LAYERED = (
+    "a pytree with top-level entries to split into layers: a list or tuple of per-layer "
+    "params (as MLP.init makes), a dict of them (e.g. {'conv': ..., 'dense': ...}), or a "
+    "module's params (an Equinox module's fields, a Flax NNX State)"
+)
 
 
-def _block_lambda_max(f, params, mask, d, key, args) -> float:
-    """λ_max of H, or of the diagonal block ``H_ll`` of layer l's params (``mask``).
+def _key_of(key) -> Any:
+    """The index, dict key or attribute name of a ``jax.tree_util`` path entry."""
+    for attribute in ("idx", "key", "name"):
+        if hasattr(key, attribute):
+            return getattr(key, attribute)
+    return str(key)
 
-    Lanczos starts from ``key`` when given, else (deterministically) from d.
+
+class _Layers(NamedTuple):
+    """The top-level entries of a params pytree, and which of them are layers."""
+
+    entries: list  # every child of the root, in jax.tree_util order
+    treedef: Any  # joins the entries back into params
+    paths: list  # each entry's one-key jax.tree_util path
+    layers: list[int]  # the entries holding at least one array: the layers, in order
+
+    @property
+    def keys(self) -> list:
+        """Each layer's index, dict key or field name."""
+        return [_key_of(self.paths[i][0]) for i in self.layers]
+
+    def join(self, index: int, entry: PyTree) -> PyTree:
+        """params with entry ``index`` replaced by ``entry``."""
+        entries = list(self.entries)
+        entries[index] = entry
+        return jax.tree.unflatten(self.treedef, entries)
+
+
+def _layers(params: PyTree, name: str = "params") -> _Layers:
+    """The layers of ``params``: its top-level entries that hold at least one array.
+
+    A layer is one child of the root of the params pytree, in the order in which
+    ``jax.tree_util`` flattens them: index order for a list or tuple, sorted keys
+    for a dict, field order for a dataclass or an Equinox module. Entries with no
+    array (``None`` left by ``eqx.partition``, an empty dict) are not layers.
+    ``ravel_pytree(params)`` holds each layer's params contiguously, layer after
+    layer, so the Hessian splits into the blocks ``H_lm``.
     """
-    start = jax.random.key(0) if key is None else key
-    if mask is None:
-        eig = top_eigenvalues(f, params, 1, *args, key=start, init=None if key is not None else d)
-    else:
-        layer = mask.index(True)
-        eig = top_eigenvalues(
-            _LayerRestricted(f, layer),
-            params[layer],
-            1,
-            params,
-            *args,
-            key=start,
-            init=None if key is not None else d[layer],
+    flat, treedef = jax.tree_util.tree_flatten_with_path(
+        params, is_leaf=lambda node: node is not params
+    )
+    if jax.tree_util.treedef_is_leaf(treedef):
+        raise ValueError(
+            f"{name}: expected {_LAYERED}, got a single {type(params).__name__}. For the "
+            f"Hessian of one array use top_eigenvalues and trace."
         )
-    return float(eig.eigenvalues[0])
+    entries = [entry for _, entry in flat]
+    layers = [i for i, entry in enumerate(entries) if jax.tree.leaves(entry)]
+    if not layers:
+        raise ValueError(f"{name}: expected {_LAYERED}, got no entry holding an array.")
+    return _Layers(entries, treedef, [path for path, _ in flat], layers)
+
+
+def _layer_index(params: PyTree, layer) -> int | None:
+    """The entry of params (:func:`_layers`) that ``layer`` names, or None for None."""
+    if layer is None:
+        return None
+    split = _layers(params, "layer")
+    keys = split.keys
+    if isinstance(layer, int | np.integer) and not isinstance(layer, bool):
+        if 0 <= layer < len(keys):
+            return split.layers[int(layer)]
+    elif isinstance(layer, str) and layer in keys:
+        return split.layers[keys.index(layer)]
+    raise ValueError(
+        f"layer: expected an index in [0, {len(keys) - 1}] (a position among the layers, the "
+        f"top-level entries of params holding arrays, whose keys are {keys}; 0 is the first "
+        f"weight layer, w^1, of an MLP) or one of those keys that is a string, got {layer!r}."
+    )
+
+
+def _restrict(tree: PyTree, index: int | None) -> PyTree:
+    """``tree`` with every top-level entry but ``index`` zeroed (unchanged for None)."""
+    if index is None:
+        return tree
+    split = _layers(tree)
+    entries = [
+        entry if i == index else jax.tree.map(jnp.zeros_like, entry)
+        for i, entry in enumerate(split.entries)
+    ]
+    return jax.tree.unflatten(split.treedef, entries)
 
 
 class _LayerRestricted:
     """``C`` as a function of layer l's params alone, the other layers held fixed.
 
-    Its Hessian is the diagonal block ``H_ll``. Hashable by ``(f, layer)``, so
-    compiled products are reused across calls.
+    Called as ``(layer_params, full_params, *data)``, ``layer`` the entry of
+    ``full_params`` (:func:`_layers`) it replaces; its Hessian is the diagonal
+    block ``H_ll``. ``fixed_args = 1``: ``data_chunk`` splits the data and passes
+    ``full_params`` whole to every chunk. Hashable by ``(f, layer)``, so compiled
+    products are reused across calls.
     """
 
-    def __init__(self, f, layer):
+    fixed_args = 1
+
+    def __init__(self, f, layer: int):
         self.f, self.layer = f, layer
 
     def __hash__(self):
@@ -79,9 +157,33 @@ class _LayerRestricted:
         )
 
     def __call__(self, layer_params, full_params, *args):
-        full = list(full_params)
-        full[self.layer] = layer_params
-        return self.f(full, *args)
+        return self.f(_layers(full_params).join(self.layer, layer_params), *args)
+
+
+def _block_lambda_max(f, params, index, d, key, args, data_chunk=None) -> float:
+    """λ_max of H, or of the diagonal block ``H_ll`` of layer ``index`` (:func:`_layers`).
+
+    Lanczos starts from ``key`` when given, else (deterministically) from d.
+    """
+    start = jax.random.key(0) if key is None else key
+    init = None if key is not None else d
+    if index is None:
+        eig = top_eigenvalues(f, params, 1, *args, key=start, init=init, data_chunk=data_chunk)
+    else:
+        eig = top_eigenvalues(
+            _LayerRestricted(f, index),
+            _layers(params).entries[index],
+            1,
+            params,
+            *args,
+            key=start,
+            init=None if init is None else _layers(init).entries[index],
+            data_chunk=data_chunk,
+        )
+    return float(eig.eigenvalues[0])
+
+
+# ---------------------------------------------------------------- per-layer curvature
 
 
 class LayerCurvature(NamedTuple):
@@ -95,6 +197,8 @@ class LayerCurvature(NamedTuple):
       num_params: ``n_l``, the number of params of layer l (the size of ``H_ll``).
       hvps: Hessian-vector products spent on layer l (Lanczos and trace together).
       converged: whether Lanczos met its tolerance for ``lambda_max``.
+      layers: the key of each layer's entry in params (a list, not an array): its
+        index for a list or tuple, its key for a dict, its field name for a module.
     """
 
     lambda_max: np.ndarray
@@ -104,14 +208,15 @@ class LayerCurvature(NamedTuple):
     num_params: np.ndarray
     hvps: np.ndarray
     converged: np.ndarray
+    layers: list
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _exact_trace(f, params, batch_size, args):
+@functools.partial(jax.jit, static_argnums=(0, 2, 4))
+def _exact_trace(f, params, batch_size, args, data_chunk=None):
     """``tr H = Σ_i e_iᵀ H e_i`` over the standard basis: n Hessian-vector products."""
     flat, _ = ravel_pytree(params)
     n = flat.size
-    operator = _flat_hvp_operator(f, params, args)
+    operator = _flat_operator(f, params, args, data_chunk)
 
     def diagonal_entry(i):
         return operator(jax.nn.one_hot(i, n, dtype=flat.dtype))[i]
@@ -121,7 +226,7 @@ def _exact_trace(f, params, batch_size, args):
 
 def layer_curvature(
     f: Callable[..., jax.Array],
-    params: Sequence[PyTree],
+    params: PyTree,
     *args: Any,
     key: jax.Array,
     trace_method: Literal["auto", "exact", "hutchinson"] = "auto",
@@ -129,11 +234,19 @@ def layer_curvature(
     tol: float = 1e-8,
     max_iters: int | None = None,
     batch_size: int = 16,
+    data_chunk: int | None = None,
 ) -> LayerCurvature:
     """λ_max and the trace of every layer's diagonal block of the Hessian.
 
-    Order the params layer by layer, ``θ = (θ^1, …, θ^L)`` with ``θ^l = (w^l, b^l)``;
-    the Hessian splits into blocks, and the diagonal block of layer l is the
+    Order the params layer by layer, ``θ = (θ^1, …, θ^L)`` with ``θ^l = (w^l, b^l)``
+    for an MLP. For any params pytree a layer θ^l is one of its top-level entries
+    that holds at least one array, in the order ``jax.tree_util`` flattens them:
+    ``params[l]`` of a list or tuple; ``params[key]`` of a dict, in sorted key
+    order (``{"dense": …, "conv": …}`` gives conv, then dense); a field of a
+    dataclass or Equinox module, in field order; the top-level modules of a Flax
+    NNX State. Entries without arrays (the ``None`` fields ``eqx.partition``
+    leaves) are skipped. ``ravel_pytree`` keeps each layer contiguous, and the
+    Hessian splits into blocks, and the diagonal block of layer l is the
     Hessian of C in layer l's params alone, the other layers held fixed:
 
     .. math::
@@ -160,17 +273,22 @@ def layer_curvature(
 
     Args:
       f: scalar function ``f(params, *args)``.
-      params: θ, a list with one pytree per layer (as ``MLP.init`` makes).
+      params: θ, a pytree whose top-level entries are the layers: a list with one
+        pytree per layer (as ``MLP.init`` makes), a dict such as
+        ``{"conv": {...}, "dense": {...}}``, or a module's params. Each layer needs
+        at least one parameter.
       *args: further arguments of ``f`` (e.g. ``x, y``).
       key: PRNG key (Lanczos start vectors and Rademacher vectors, per layer).
       trace_method: ``"auto"``, ``"exact"`` or ``"hutchinson"``.
       samples: Hutchinson's number of vectors (≥ 2), also the "auto" threshold.
       tol, max_iters: for Lanczos, as in :func:`top_eigenvalues`.
       batch_size: products computed together under ``vmap`` for the trace.
+      data_chunk: ``None``, or k examples per chunk: every product is accumulated
+        over chunks of the data (see :func:`hvp`), so memory follows k, not n.
 
     Returns:
       A :class:`LayerCurvature` ``(lambda_max, trace, trace_stderr, exact, num_params,
-      hvps, converged)``.
+      hvps, converged, layers)``.
 
     Examples:
       >>> from gdjax import MLP, objective
@@ -181,6 +299,9 @@ def layer_curvature(
       >>> lc = layer_curvature(f, params, x, y, key=jax.random.key(1))
       >>> lc.num_params.tolist(), lc.exact.tolist()   # 9 and 4 params ≤ 100 samples: exact
       ([9, 4], [True, True])
+      >>> g = lambda p, x: jnp.mean((x @ p["w"] + p["b"]) ** 2)  # a dict: layers b, w
+      >>> layer_curvature(g, {"w": jnp.ones(2), "b": jnp.ones(())}, x, key=jax.random.key(1)).layers
+      ['b', 'w']
 
     References:
       Yao et al. (2020), "PyHessian: neural networks through the lens of the
@@ -190,11 +311,7 @@ def layer_curvature(
     """
     _check_params(params)
     check_finite_args(args)
-    if not isinstance(params, list | tuple) or not params:
-        raise ValueError(
-            f"params: expected a non-empty list of per-layer pytrees (as MLP.init makes), "
-            f"got {type(params).__name__}."
-        )
+    split = _layers(params)
     trace_method = _check_choice("trace_method", trace_method, ("auto", "exact", "hutchinson"))
     samples = check_positive_int("samples", samples)
     if samples < 2:
@@ -205,15 +322,14 @@ def layer_curvature(
     if max_iters is not None:
         max_iters = check_positive_int("max_iters", max_iters)
     batch_size = check_positive_int("batch_size", batch_size)
+    data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
-    sizes = [_num_params(p) for p in params]
-    for layer, n_l in enumerate(sizes):
-        if n_l == 0:
-            raise ValueError(f"params[{layer}]: expected at least one parameter, got none.")
 
     rows = []
-    for layer, (layer_params, n_l) in enumerate(zip(params, sizes, strict=True)):
-        block = _LayerRestricted(f, layer)
+    for layer, index in enumerate(split.layers):
+        layer_params = split.entries[index]
+        n_l = _num_params(layer_params)
+        block = _LayerRestricted(f, index)
         block_args = (params, *args)
         eig_key, trace_key = jax.random.split(jax.random.fold_in(key, layer))
         eig = top_eigenvalues(
@@ -224,10 +340,13 @@ def layer_curvature(
             key=eig_key,
             tol=tol,
             max_iters=None if max_iters is None else min(max_iters, n_l),
+            data_chunk=data_chunk,
         )
         exact = trace_method == "exact" or (trace_method == "auto" and n_l <= samples)
         if exact:
-            value = float(_exact_trace(block, layer_params, min(batch_size, n_l), block_args))
+            value = float(
+                _exact_trace(block, layer_params, min(batch_size, n_l), block_args, data_chunk)
+            )
             stderr, products = 0.0, n_l
         else:
             est = trace(
@@ -237,6 +356,7 @@ def layer_curvature(
                 key=trace_key,
                 samples=samples,
                 batch_size=batch_size,
+                data_chunk=data_chunk,
             )
             value, stderr, products = est.estimate, est.stderr, samples
         rows.append(
@@ -259,4 +379,5 @@ def layer_curvature(
         num_params=np.asarray(columns[4], np.int64),
         hvps=np.asarray(columns[5], np.int64),
         converged=np.asarray(columns[6], bool),
+        layers=split.keys,
     )

@@ -19,7 +19,13 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gdjax._checks import check_finite_args, check_finite_number, check_positive_int
-from gdjax.curvature.products import _check_choice, _check_params, _flat_hvp_operator
+from gdjax.curvature.products import (
+    _check_choice,
+    _check_data_chunk,
+    _check_params,
+    _flat_operator,
+    _mean_over_data,
+)
 
 __all__ = ["newton_step", "NewtonResult", "MAX_DENSE_PARAMS"]
 
@@ -51,27 +57,32 @@ class NewtonResult(NamedTuple):
     negative_curvature: bool
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _dense_newton(f, params, damping, args):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _dense_newton(f, params, damping, args, data_chunk=None):
     flat, unravel = ravel_pytree(params)
 
-    def f_flat(u):
-        return f(unravel(u), *args)
+    def gradient_and_hessian(data):
+        def f_flat(u):
+            return f(unravel(u), *data)
 
-    g = jax.grad(f_flat)(flat)
-    a = jax.hessian(f_flat)(flat) + damping * jnp.eye(flat.size, dtype=flat.dtype)
+        return jax.grad(f_flat)(flat), jax.hessian(f_flat)(flat)
+
+    g, h = _mean_over_data(f, gradient_and_hessian, args, data_chunk)
+    a = h + damping * jnp.eye(flat.size, dtype=flat.dtype)
     p = jnp.linalg.solve(a, -g)
     gnorm = jnp.linalg.norm(g)
     residual = jnp.where(gnorm > 0, jnp.linalg.norm(a @ p + g) / gnorm, 0.0)
     return unravel(flat + p), residual
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _cg_newton(f, params, damping, max_iters, tol, args):
+@functools.partial(jax.jit, static_argnums=(0, 3, 6))
+def _cg_newton(f, params, damping, max_iters, tol, args, data_chunk=None):
     flat, unravel = ravel_pytree(params)
-    g = ravel_pytree(jax.grad(f)(params, *args))[0]
+    g = _mean_over_data(
+        f, lambda data: ravel_pytree(jax.grad(f)(params, *data))[0], args, data_chunk
+    )
 
-    operator = _flat_hvp_operator(f, params, args)
+    operator = _flat_operator(f, params, args, data_chunk)
 
     def matvec(u):
         return operator(u) + damping * u
@@ -112,6 +123,7 @@ def newton_step(
     method: Literal["dense", "cg"] = "dense",
     cg_iters: int | None = None,
     tol: float = 1e-10,
+    data_chunk: int | None = None,
 ) -> NewtonResult:
     """One damped Newton step ``θ' = θ − (H + λI)⁻¹ ∇C``.
 
@@ -143,6 +155,9 @@ def newton_step(
       tol: CG stops when ``‖(H + λI)p + ∇C‖ ≤ tol·‖∇C‖``; the dense solve is
         converged when it is finite and that relative residual is at most
         ``max(tol, 1000ε)`` (a singular ``H + λI`` gives Inf/NaN: not converged).
+      data_chunk: ``None``, or k examples per chunk: ∇C and H (dense) or every
+        product (CG) are accumulated over chunks of the data (see :func:`hvp`),
+        so memory follows k, not n (the dense n×n Hessian is still formed).
 
     Returns:
       A :class:`NewtonResult` ``(params, iterations, residual, converged, negative_curvature)``.
@@ -161,6 +176,7 @@ def newton_step(
     method = _check_choice("method", method, ("dense", "cg"))
     damping = check_finite_number("damping", damping, allow_zero=True)
     tol = check_finite_number("tol", tol)
+    data_chunk = _check_data_chunk(data_chunk, f, args)
     if method == "dense":
         if cg_iters is not None:
             raise ValueError(f"cg_iters: expected None with method='dense', got {cg_iters!r}.")
@@ -169,7 +185,7 @@ def newton_step(
                 f"params: method='dense' forms the {n}×{n} Hessian; expected at most "
                 f"{MAX_DENSE_PARAMS} parameters, got {n}. Use method='cg'."
             )
-        new, residual = _dense_newton(f, params, damping, args)
+        new, residual = _dense_newton(f, params, damping, args, data_chunk)
         residual = float(residual)
         # A singular H + λI gives Inf/NaN from the solve: never a converged step.
         finite = bool(jax.tree.all(jax.tree.map(lambda a: jnp.all(jnp.isfinite(a)), new)))
@@ -177,6 +193,6 @@ def newton_step(
         converged = finite and residual <= max(tol, 1e3 * eps)
         return NewtonResult(new, 0, residual, converged, False)
     cg_iters = n if cg_iters is None else check_positive_int("cg_iters", cg_iters)
-    new, iterations, residual, neg = _cg_newton(f, params, damping, cg_iters, tol, args)
+    new, iterations, residual, neg = _cg_newton(f, params, damping, cg_iters, tol, args, data_chunk)
     residual = float(residual)
     return NewtonResult(new, int(iterations), residual, residual <= tol, bool(neg))

@@ -30,11 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from gdjax import losses
-from gdjax._checks import check_finite_args, check_float_tree, shape_of
-from gdjax.backprop import check_batch
+from gdjax import losses, models
+from gdjax._checks import check_finite_args, check_float_tree, dtype_of, shape_of
 from gdjax.losses import Loss
-from gdjax.mlp import MLP, Params
+from gdjax.mlp import MLP
 
 __all__ = ["hvp", "hvp_operator", "gnvp"]
 
@@ -44,11 +43,27 @@ PyTree = Any
 # ---------------------------------------------------------------- input checks
 
 
+_PARAMS_HINT = (
+    "The Hessian is taken in params, so every leaf must be a floating array: keep the "
+    "rest (functions, integer buffers, a module's static fields) out of params, e.g. "
+    "params, static = eqx.partition(module, eqx.is_inexact_array) with f(params, *args) "
+    "calling eqx.combine(params, static), or graphdef, params = nnx.split(module)."
+)
+
+
 def _num_params(params: PyTree) -> int:
     return sum(math.prod(shape_of(leaf)) for leaf in jax.tree.leaves(params))
 
 
 def _check_params(params: PyTree) -> int:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = dtype_of(leaf)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            got = dtype if dtype is not None else type(leaf).__name__
+            raise ValueError(
+                f"params{jax.tree_util.keystr(path)}: expected a floating array, got {got}. "
+                f"{_PARAMS_HINT}"
+            )
     check_float_tree("params", params)
     return _num_params(params)
 
@@ -117,7 +132,11 @@ def hvp(
       data_chunk: ``None`` (all data in one call) or k: the args are split along
         axis 0 into chunks of k examples and ``Hv = (1/n) Σ_c n_c H_c v`` is
         accumulated inside jit (``f`` must be a mean over the examples), so peak
-        memory follows k, not n.
+        memory follows k, not n. The last chunk holds the n mod k examples left
+        and is weighted by its size; ``k ≥ n`` is one chunk of all n. Every arg
+        needs the same number of rows n ≥ 1; anything but ``None`` or a positive
+        integer is refused (a ``ValueError`` naming ``data_chunk``) before
+        anything compiles.
 
     Returns:
       ``Hv``, a pytree shaped like ``params``.
@@ -136,7 +155,7 @@ def hvp(
     _check_params(params)
     _check_like("v", v, params)
     check_finite_args(args)
-    data_chunk = _check_data_chunk(data_chunk, args)
+    data_chunk = _check_data_chunk(data_chunk, f, args)
     if data_chunk is not None:
         flat, unravel = ravel_pytree(params)
         u = ravel_pytree(v)[0].astype(flat.dtype)
@@ -170,8 +189,13 @@ def _loss_hessian_product(loss: Loss, out: jax.Array, y: jax.Array, u: jax.Array
 
 
 def gnvp(
-    model: MLP, loss: str | Loss, params: Params, v: Params, x: jax.Array, y: jax.Array
-) -> Params:
+    model: MLP | Callable[[PyTree, jax.Array], jax.Array],
+    loss: str | Loss | Callable[[jax.Array, jax.Array], jax.Array],
+    params: PyTree,
+    v: PyTree,
+    x: jax.Array,
+    y: jax.Array,
+) -> PyTree:
     """The generalised Gauss–Newton-vector product ``Gv = Jᵀ H_out J v``.
 
     With ``J = ∂a^L/∂θ`` the Jacobian of the network output over the batch and
@@ -187,12 +211,15 @@ def gnvp(
     mse, ``(1/n)(diag(p) − ppᵀ)`` (p = softmax of the logits) for softmax
     cross-entropy, ``(1/n)·σ(z)(1 − σ(z))`` for sigmoid binary cross-entropy.
     For a network that is linear in θ (no hidden layer, identity output) G = H.
-    ``Jv`` is one forward-mode pass through ``model.apply``, ``H_out`` is applied
-    by hand, and ``Jᵀ(·)`` is one reverse-mode pass.
+    ``Jv`` is one forward-mode pass through the model's ``apply``, ``H_out`` is
+    applied by hand (by autodiff of ∂C/∂a^L for a loss given as a function), and
+    ``Jᵀ(·)`` is one reverse-mode pass.
 
     Args:
-      model: the network.
-      loss: a :class:`~gdjax.losses.Loss` or its name (the cross-entropies take logits).
+      model: a :class:`~gdjax.MLP`, or any function ``apply(params, x) -> output``
+        over a params pytree (a conv net in plain JAX, a split Equinox or Flax module).
+      loss: a :class:`~gdjax.losses.Loss`, its name (the cross-entropies take
+        logits), or a function ``loss(output, y)`` returning the mean over the batch.
       params: θ.
       v: a pytree shaped like ``params``.
       x, y: the batch.
@@ -216,8 +243,8 @@ def gnvp(
       second-order gradient descent"; Martens (2010), "Deep learning via
       Hessian-free optimization".
     """
-    loss = losses.get(loss)
-    check_batch(model, loss, params, x, y)
+    model, loss = models.as_model(model), models.as_loss(loss)
+    models.check_batch(model, loss, params, x, y)
     _check_like("v", v, params)
 
     def apply(p):
@@ -243,8 +270,12 @@ def _flat_hvp_operator(f, params, args) -> jax.tree_util.Partial:
     return jax.linearize(flat_grad, flat)[1]
 
 
-def _check_data_chunk(data_chunk, args) -> int | None:
-    """``data_chunk``: None, or a positive int; then every arg has the same rows n ≥ 1."""
+def _check_data_chunk(data_chunk, f, args) -> int | None:
+    """``data_chunk``: None, or a positive int; then every data arg of ``f`` has the same
+    rows n ≥ 1 (the data args: ``args`` after those ``f`` holds fixed, :func:`_data_args`).
+
+    A k larger than n is accepted: one chunk of all n examples.
+    """
     if data_chunk is None:
         return None
     if isinstance(data_chunk, bool) or not isinstance(data_chunk, int | np.integer):
@@ -256,6 +287,7 @@ def _check_data_chunk(data_chunk, args) -> int | None:
         raise ValueError(
             f"data_chunk: expected a positive integer (examples per chunk), got {data_chunk}."
         )
+    args = _data_args(f, args)
     if not args:
         raise ValueError("data_chunk: expected data arguments to split (e.g. x, y), got none.")
     rows = {shape_of(leaf)[0] if shape_of(leaf) else None for leaf in jax.tree.leaves(args)}
@@ -265,6 +297,32 @@ def _check_data_chunk(data_chunk, args) -> int | None:
             f"(rows, axis 0) to split into chunks, got leading sizes {sorted(rows, key=str)}."
         )
     return int(data_chunk)
+
+
+def _data_args(f, args) -> tuple:
+    """The arguments of ``f`` that ``data_chunk`` splits: ``args`` after its ``fixed_args``.
+
+    A user's ``f(params, *args)`` takes data only (``fixed_args`` 0); the
+    functions built here for a block of the Hessian take the whole params
+    first (``_LayerRestricted.fixed_args = 1``), passed whole to every chunk.
+    """
+    return tuple(args[getattr(f, "fixed_args", 0) :])
+
+
+def _mean_over_data(f, fn, args, data_chunk: int | None):
+    """``fn(args)`` on all the data at once, or its mean over chunks of the data.
+
+    ``args`` are the arguments of ``f`` after params and ``fn(args)`` a mean over
+    the examples of the data in them (a cost, its gradient, a product with its
+    Hessian). With ``data_chunk`` the data args (:func:`_data_args`) are split
+    into chunks, each called with the fixed args in front, and accumulated by
+    :func:`_chunked_mean`: the one chunking mechanism of the curvature package.
+    """
+    if data_chunk is None:
+        return fn(tuple(args))
+    fixed = len(args) - len(_data_args(f, args))
+    head = tuple(args[:fixed])
+    return _chunked_mean(lambda chunk: fn(head + tuple(chunk)), _data_args(f, args), data_chunk)
 
 
 def _chunked_mean(fn, args, data_chunk: int):
@@ -303,7 +361,7 @@ def _chunked_flat_hvp(f, data_chunk: int):
             hv = jax.jvp(lambda p: jax.grad(f)(p, *chunk), (params,), (v,))[1]
             return ravel_pytree(hv)[0]
 
-        return _chunked_mean(chunk_hvp, args, data_chunk)
+        return _mean_over_data(f, chunk_hvp, args, data_chunk)
 
     return product
 
@@ -369,7 +427,7 @@ def hvp_operator(
     """
     _check_params(params)
     check_finite_args(args)
-    data_chunk = _check_data_chunk(data_chunk, args)
+    data_chunk = _check_data_chunk(data_chunk, f, args)
     flat, unravel = ravel_pytree(params)
     operator = _jit_flat_hvp_operator(f, params, args, data_chunk)
 

@@ -13,11 +13,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from gdjax import losses
-from gdjax._checks import check_finite_number, check_num_examples, check_positive_int, shape_of
-from gdjax.backprop import objective
+from gdjax import models
+from gdjax._checks import (
+    check_finite,
+    check_finite_number,
+    check_num_examples,
+    check_positive_int,
+    shape_of,
+)
 from gdjax.curvature.eigen import top_eigenvalues
-from gdjax.curvature.products import _check_key
+from gdjax.curvature.products import _check_data_chunk, _check_key
 from gdjax.losses import Loss
 from gdjax.mlp import MLP
 
@@ -34,7 +39,8 @@ class SharpnessTracker:
 
     Made by :func:`track_sharpness`. Each call ``tracker(epoch, params, opt_state,
     history)`` runs Lanczos (:func:`top_eigenvalues`, k = 1) on the full batch
-    ``(x, y)`` given to :func:`track_sharpness`, started from the previous call's
+    ``(x, y)`` given to :func:`track_sharpness` (by chunks of ``data_chunk`` examples
+    if given), started from the previous call's
     top eigenvector (warm start), and appends one record. ``opt_state`` and
     ``history`` are ignored, so ``tracker(0, params)`` records the start.
 
@@ -56,9 +62,11 @@ class SharpnessTracker:
         tol: float,
         max_iters: int | None,
         warm_start: bool,
+        data_chunk: int | None = None,
     ):
         self.f, self.x, self.y = f, x, y
         self.key, self.tol, self.max_iters, self.warm_start = key, tol, max_iters, warm_start
+        self.data_chunk = data_chunk
         self.eigenvector: PyTree | None = None
         self._records: list[tuple[int, float, int, bool]] = []
 
@@ -78,6 +86,7 @@ class SharpnessTracker:
             key=jax.random.fold_in(self.key, epoch),
             tol=self.tol,
             max_iters=self.max_iters,
+            data_chunk=self.data_chunk,
             init=self.eigenvector if self.warm_start else None,
         )
         self.eigenvector = eig.eigenvectors[0]
@@ -110,8 +119,8 @@ class SharpnessTracker:
 
 
 def track_sharpness(
-    model: MLP,
-    loss: str | Loss,
+    model: MLP | Callable[[PyTree, jax.Array], jax.Array],
+    loss: str | Loss | Callable[[jax.Array, jax.Array], jax.Array],
     x: jax.Array,
     y: jax.Array,
     *,
@@ -119,11 +128,13 @@ def track_sharpness(
     tol: float = 1e-4,
     max_iters: int | None = None,
     warm_start: bool = True,
+    data_chunk: int | None = None,
 ) -> SharpnessTracker:
     """A :func:`~gdjax.train.fit` callback recording the sharpness λ_max every k epochs.
 
     The sharpness is the largest eigenvalue of the Hessian of the full-batch
-    cost, ``λ_max(∇²C(θ_t))`` with ``C(θ) = loss(model(θ, x), y)``. Gradient descent
+    cost, ``λ_max(∇²C(θ_t))`` with ``C(θ) = loss(apply(θ, x), y)``, for a
+    ``gdjax.MLP`` or any model ``apply(params, x)`` over a params pytree. Gradient descent
     with step η on the quadratic model of C is stable only while
 
     .. math::
@@ -140,13 +151,17 @@ def track_sharpness(
     than a random start.
 
     Args:
-      model: the network.
-      loss: a :class:`~gdjax.losses.Loss` or its name.
+      model: a :class:`~gdjax.MLP`, or any function ``apply(params, x)`` (its
+        output is checked against the loss at the first call, when params are known).
+      loss: a :class:`~gdjax.losses.Loss`, its name, or a function ``loss(output, y)``.
       x, y: the batch C is evaluated on: the whole training set for full-batch GD.
       key: PRNG key (the first start vector, and restarts; folded with the epoch).
       tol: Lanczos' relative residual tolerance (see :func:`top_eigenvalues`).
       max_iters: most Lanczos steps per measurement (default ``min(n, 100)``).
       warm_start: start each Lanczos run from the previous top eigenvector.
+      data_chunk: ``None``, or k examples per chunk: every product is accumulated
+        over chunks of ``(x, y)`` (see :func:`~gdjax.curvature.hvp`), so memory
+        follows k, not the size of the training set.
 
     Returns:
       A :class:`SharpnessTracker`: call it as ``tracker(epoch, params, opt_state,
@@ -170,24 +185,34 @@ def track_sharpness(
       al. (2020), "The break-even point on optimization trajectories of deep
       neural networks", ICLR.
     """
-    if not isinstance(model, MLP):
-        raise ValueError(f"model: expected a gdjax.MLP, got {type(model).__name__}.")
-    loss = losses.get(loss)
-    model.check_input(x)
-    check_num_examples(x, y)
-    loss.check((shape_of(x)[0], model.sizes[-1]), y)
+    model, loss = models.as_model(model), models.as_loss(loss)
+    if models.is_mlp(model):
+        model.check_input(x)
+        check_num_examples(x, y)
+        loss.check((shape_of(x)[0], model.sizes[-1]), y)
+    else:  # no params yet: apply's output is checked by objective's check_batch at the first call
+        if not shape_of(x) or shape_of(x)[0] == 0:
+            raise ValueError(
+                f"x: expected at least one example (row): the cost is a mean over examples, "
+                f"got shape {shape_of(x)}."
+            )
+        check_num_examples(x, y)
+        check_finite("x", x)
+        check_finite("y", y)
     tol = check_finite_number("tol", tol)
     if max_iters is not None:
         max_iters = check_positive_int("max_iters", max_iters)
     if not isinstance(warm_start, bool):
         raise ValueError(f"warm_start: expected True or False, got {warm_start!r}.")
+    data_chunk = _check_data_chunk(data_chunk, None, (x, y))
     _check_key(key)
     return SharpnessTracker(
-        objective(model, loss),
+        models.objective(model, loss),
         jax.device_put(x),  # on the device once, not at every product
         jax.device_put(y),
         key=key,
         tol=tol,
         max_iters=max_iters,
         warm_start=warm_start,
+        data_chunk=data_chunk,
     )

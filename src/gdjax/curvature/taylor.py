@@ -24,8 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax._checks import check_finite_args, check_finite_number
-from gdjax.curvature.layers import _block_lambda_max
-from gdjax.curvature.products import _check_key, _check_like, _check_params, _tree_vdot, hvp
+from gdjax.curvature.layers import _block_lambda_max, _layer_index, _restrict
+from gdjax.curvature.products import (
+    _check_data_chunk,
+    _check_key,
+    _check_like,
+    _check_params,
+    _mean_over_data,
+    _tree_vdot,
+    hvp,
+)
 
 __all__ = ["taylor_step", "TaylorResult"]
 
@@ -74,48 +82,26 @@ class TaylorResult(NamedTuple):
     stability_limit: float
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _taylor(f, params, d, etas, args):
-    c0, g = jax.value_and_grad(f)(params, *args)
-    slope = _tree_vdot(g, d)
-    curvature = _tree_vdot(d, hvp(f, params, d, *args))
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _taylor(f, params, d, etas, args, data_chunk=None):
+    """``ΔC(η)`` for every η, ``∇Cᵀd`` and ``dᵀHd``, on all the data or by chunks of it."""
 
-    def delta(eta):
-        return f(jax.tree.map(lambda p, di: p + eta * di, params, d), *args) - c0
+    def on(data):
+        c0, g = jax.value_and_grad(f)(params, *data)
+        slope = _tree_vdot(g, d)
+        curvature = _tree_vdot(d, hvp(f, params, d, *data))
 
-    return jax.vmap(delta)(etas), slope, curvature
+        def delta(eta):
+            return f(jax.tree.map(lambda p, di: p + eta * di, params, d), *data) - c0
 
+        return jax.vmap(delta)(etas), slope, curvature
 
-@functools.partial(jax.jit, static_argnums=0)
-def _gradient(f, params, args):
-    return jax.grad(f)(params, *args)
-
-
-def _layer_mask(params: PyTree, layer: int | None) -> list[bool] | None:
-    """Per top-level entry of ``params``: whether it belongs to ``layer``."""
-    if layer is None:
-        return None
-    if not isinstance(params, list | tuple):
-        raise ValueError(
-            f"layer: expected params to be a list of per-layer pytrees (as MLP.init makes) "
-            f"to select a layer from, got {type(params).__name__}."
-        )
-    if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
-        raise ValueError(f"layer: expected None or an integer layer index, got {layer!r}.")
-    if not 0 <= layer < len(params):
-        raise ValueError(
-            f"layer: expected an index in [0, {len(params) - 1}] (0 is the first weight layer, "
-            f"w^1), got {layer}."
-        )
-    return [i == layer for i in range(len(params))]
+    return _mean_over_data(f, on, args, data_chunk)
 
 
-def _restrict(tree: PyTree, mask: list[bool] | None) -> PyTree:
-    if mask is None:
-        return tree
-    return [
-        t if keep else jax.tree.map(jnp.zeros_like, t) for t, keep in zip(tree, mask, strict=True)
-    ]
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _gradient(f, params, args, data_chunk=None):
+    return _mean_over_data(f, lambda data: jax.grad(f)(params, *data), args, data_chunk)
 
 
 def _threshold_crossing(etas: np.ndarray, errors: np.ndarray, threshold: float) -> float:
@@ -140,10 +126,11 @@ def taylor_step(
     *args: Any,
     etas: Sequence[float] | np.ndarray | jax.Array,
     direction: PyTree | None = None,
-    layer: int | None = None,
+    layer: int | str | None = None,
     threshold: float = 0.1,
     lambda_max: float | None = None,
     key: jax.Array | None = None,
+    data_chunk: int | None = None,
 ) -> TaylorResult:
     """How well the first- and second-order Taylor models predict a step ``θ' = θ + ηd``.
 
@@ -169,12 +156,19 @@ def taylor_step(
       *args: further arguments of ``f``.
       etas: step sizes η, a non-empty 1-D sequence of positive finite numbers.
       direction: d, shaped like ``params``; default ``−∇C``.
-      layer: restrict d to layer ``layer``'s params (``params[layer]``, 0-based,
-        zero elsewhere); params must then be a list of per-layer pytrees.
+      layer: restrict d to one layer's params (zero elsewhere). A layer is a
+        top-level entry of the params pytree, in ``jax.tree_util`` order (see
+        :func:`layer_curvature`): ``layer`` is its 0-based position (``params[layer]``
+        of a list of per-layer pytrees, as ``MLP.init`` makes) or, for a dict or a
+        module, its key or field name (``layer="conv"``).
       threshold: the relative first-order error that defines ``eta_threshold``.
       lambda_max: λ_max of the Hessian block the step moves in, if known;
         otherwise computed by :func:`top_eigenvalues` (Lanczos).
       key: PRNG key for that Lanczos run; default: start it from d.
+      data_chunk: ``None``, or k examples per chunk: C, ∇C, ``dᵀHd`` and every
+        ``C(θ + ηd) − C(θ)`` (and the Lanczos run for λ_max) are accumulated as
+        means over chunks of the data (see :func:`hvp`), so memory follows k, not
+        n; ``f`` must be a mean over the examples.
 
     Returns:
       A :class:`TaylorResult`.
@@ -210,14 +204,15 @@ def taylor_step(
         lambda_max = float(lambda_max)
     if direction is not None:
         _check_like("direction", direction, params)
-    mask = _layer_mask(params, layer)
+    index = _layer_index(params, layer)
     if key is not None:
         _check_key(key)
+    data_chunk = _check_data_chunk(data_chunk, f, args)
 
     dtype = jnp.result_type(*jax.tree.leaves(params))
     if direction is None:
-        direction = jax.tree.map(jnp.negative, _gradient(f, params, args))
-    d = _restrict(jax.tree.map(lambda t: jnp.asarray(t, dtype), direction), mask)
+        direction = jax.tree.map(jnp.negative, _gradient(f, params, args, data_chunk))
+    d = _restrict(jax.tree.map(lambda t: jnp.asarray(t, dtype), direction), index)
     if not any(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves(d)):
         raise ValueError(
             "direction: expected a non-zero direction, got all zeros"
@@ -225,7 +220,7 @@ def taylor_step(
             + " (is the gradient zero?)."
         )
 
-    actual, slope, curvature = _taylor(f, params, d, jnp.asarray(etas_np, dtype), args)
+    actual, slope, curvature = _taylor(f, params, d, jnp.asarray(etas_np, dtype), args, data_chunk)
     actual = np.asarray(actual, np.float64)
     slope, curvature = float(slope), float(curvature)
     etas64 = etas_np.astype(np.float64)
@@ -236,7 +231,7 @@ def taylor_step(
         second_error = np.abs(second - actual) / np.abs(actual)
 
     if lambda_max is None:
-        lambda_max = _block_lambda_max(f, params, mask, d, key, args)
+        lambda_max = _block_lambda_max(f, params, index, d, key, args, data_chunk)
     stability = 2.0 / lambda_max if lambda_max > 0 else math.inf
     return TaylorResult(
         etas=etas_np,
