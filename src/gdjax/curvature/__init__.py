@@ -38,6 +38,17 @@ every public name is re-exported here, so ``gdjax.curvature.hvp`` works:
 - ``newton``: :func:`newton_step` — a damped Newton step, dense or by conjugate
   gradient on Hessian-vector products (Hessian-free).
 
+Any model: params may be any pytree of floating arrays (``MLP.init``'s list of
+layer dicts, a dict of conv kernels, a split Equinox or Flax NNX module), and
+:func:`gnvp` and :func:`track_sharpness` take any ``apply(params, x)``. Where a
+*layer* is meant (:func:`layer_curvature`, ``taylor_step(layer=...)``) it is a
+top-level entry of params that holds arrays, in ``jax.tree_util`` order.
+
+Data that does not fit one call: every function that evaluates ``f`` over the
+batch takes ``data_chunk=k``, which splits the data along axis 0 into chunks of
+k examples and accumulates the mean over examples inside jit, so peak memory
+follows k (``f`` must be a mean over the examples).
+
 The compiled kernels take ``f`` as a static argument: pass the *same* ``f``
 object on every call (build it once with ``objective``) and nothing
 recompiles. Inputs are checked before anything compiles.

@@ -14,8 +14,8 @@ forms H:
 ``data_chunk=k`` splits the data arguments along axis 0 into chunks of k
 examples and accumulates the mean over examples inside jit (``lax.scan``), so
 peak memory follows k, not n; the helpers here (``_check_data_chunk``,
-``_chunked_mean``, ``_chunked_flat_hvp``) are the one chunking mechanism every
-curvature function uses.
+``_mean_over_data`` over ``_chunked_mean``, ``_chunked_flat_hvp``) are the one
+chunking mechanism every curvature function uses.
 """
 
 from __future__ import annotations
