@@ -320,9 +320,9 @@ def _mean_over_data(f, fn, args, data_chunk: int | None):
     """
     if data_chunk is None:
         return fn(tuple(args))
-    fixed = len(args) - len(_data_args(f, args))
-    head = tuple(args[:fixed])
-    return _chunked_mean(lambda chunk: fn(head + tuple(chunk)), _data_args(f, args), data_chunk)
+    data = _data_args(f, args)
+    head = tuple(args[: len(args) - len(data)])
+    return _chunked_mean(lambda chunk: fn(head + tuple(chunk)), data, data_chunk)
 
 
 def _chunked_mean(fn, args, data_chunk: int):

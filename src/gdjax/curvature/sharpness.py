@@ -39,9 +39,9 @@ class SharpnessTracker:
 
     Made by :func:`track_sharpness`. Each call ``tracker(epoch, params, opt_state,
     history)`` runs Lanczos (:func:`top_eigenvalues`, k = 1) on the full batch
-    ``(x, y)`` given to :func:`track_sharpness` (by chunks of ``data_chunk`` examples
-    if given), started from the previous call's
-    top eigenvector (warm start), and appends one record. ``opt_state`` and
+    ``(x, y)`` given to :func:`track_sharpness` (by chunks of ``data_chunk``
+    examples if given), started from the previous call's top eigenvector (warm
+    start), and appends one record. ``opt_state`` and
     ``history`` are ignored, so ``tracker(0, params)`` records the start.
 
     Attributes (numpy arrays, one entry per call):
