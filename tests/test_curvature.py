@@ -17,6 +17,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from gdjax import MLP, activations, curvature, losses, objective, train
+from gdjax.curvature.eigen import _ritz_errors
 
 # ------------------------------------------------------------------ helpers
 
@@ -261,10 +262,10 @@ def test_eigenvalue_criterion_saves_products_at_a_loose_tol(eig_problem):
 def test_ritz_errors_use_the_gap_to_the_other_ritz_values():
     theta = np.array([10.0, 4.0, 3.5])
     residuals = np.array([0.1, 0.5, 2.0])
-    errors = curvature._ritz_errors(theta, residuals)
+    errors = _ritz_errors(theta, residuals)
     # θ_1: gap = min(6 − 0.5, 6.5 − 2) = 4.5, r²/gap = 0.01/4.5; θ_2, θ_3: gaps ≤ 0 → r.
     assert_close(errors, [0.01 / 4.5, 0.5, 2.0], rtol=1e-15)
-    assert_close(curvature._ritz_errors(theta[:1], residuals[:1]), [0.1], rtol=0)
+    assert_close(_ritz_errors(theta[:1], residuals[:1]), [0.1], rtol=0)
 
 
 def test_power_iteration_finds_lambda_max_with_more_products(eig_problem):
@@ -875,9 +876,9 @@ BAD_CALLS = {
         lambda: curvature.spectral_density(TINY_F, TINY_PARAMS, *TINY_ARGS, key=None),
         r"key: expected a PRNG key",
     ),
-    "layer curvature of params that are not a list of layers": (
-        lambda: curvature.layer_curvature(TINY_F, TINY_PARAMS[0], *TINY_ARGS, key=KEY),
-        r"params: expected a non-empty list of per-layer pytrees",
+    "layer curvature of params that are one array, not layers": (
+        lambda: curvature.layer_curvature(TINY_F, TINY_PARAMS[0]["w"], *TINY_ARGS, key=KEY),
+        r"params: expected a pytree with top-level entries to split into layers.*got a single",
     ),
     "unknown trace method": (
         lambda: curvature.layer_curvature(
@@ -889,9 +890,9 @@ BAD_CALLS = {
         lambda: curvature.layer_curvature(TINY_F, TINY_PARAMS, *TINY_ARGS, key=KEY, samples=1),
         r"samples: expected at least 2",
     ),
-    "sharpness of something that is not an MLP": (
-        lambda: curvature.track_sharpness(TINY_F, "mse", *TINY_ARGS, key=KEY),
-        r"model: expected a gdjax.MLP, got function",
+    "sharpness of something that is neither an MLP nor a function": (
+        lambda: curvature.track_sharpness(3, "mse", *TINY_ARGS, key=KEY),
+        r"model: expected a gdjax.MLP or a function, got int",
     ),
     "sharpness with an unknown loss": (
         lambda: curvature.track_sharpness(TINY, "l1", *TINY_ARGS, key=KEY),
