@@ -139,6 +139,7 @@ from tqdm.auto import tqdm
 
 from gdjax import curvature, losses
 from gdjax._checks import check_finite, check_finite_args, check_positive_int, shape_of
+from gdjax._chunks import check_data_chunk, chunked_mean
 from gdjax.backprop import check_batch
 from gdjax.losses import Loss
 from gdjax.metrics import accuracy as _accuracy
@@ -265,41 +266,6 @@ def _check_axis(name: str, values) -> np.ndarray:
 def _check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm: expected one of {', '.join(map(repr, NORMS))}, got {norm!r}.")
-
-
-def _check_data_chunk(data_chunk, args: tuple) -> int | None:
-    """None, or a positive int; then every leaf of ``args`` has the same rows n ≥ 1.
-
-    The messages are those of ``data_chunk`` in :mod:`gdjax.curvature`, plus the
-    rows of each argument when they differ.
-    """
-    if data_chunk is None:
-        return None
-    if isinstance(data_chunk, bool) or not isinstance(data_chunk, int | np.integer):
-        raise ValueError(
-            f"data_chunk: expected None or a positive integer (examples per chunk), "
-            f"got {data_chunk!r}."
-        )
-    if data_chunk <= 0:
-        raise ValueError(
-            f"data_chunk: expected a positive integer (examples per chunk), got {data_chunk}."
-        )
-    if not args:
-        raise ValueError("data_chunk: expected data arguments to split (e.g. x, y), got none.")
-    rows = [
-        (f"args[{i}]{jax.tree_util.keystr(path)}", shape_of(leaf)[0] if shape_of(leaf) else None)
-        for i, arg in enumerate(args)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]
-    ]
-    sizes = {n for _, n in rows}
-    if len(sizes) != 1 or None in sizes or 0 in sizes:
-        each = ", ".join(f"{name}: {'a scalar' if n is None else n}" for name, n in rows[:4])
-        raise ValueError(
-            f"data_chunk: expected every data argument to have the same number of examples "
-            f"(rows, axis 0) to split into chunks, got leading sizes {sorted(sizes, key=str)} "
-            f"({each}{', …' if len(rows) > 4 else ''})."
-        )
-    return int(data_chunk)
 
 
 # ---------------------------------------------------------------- directions
@@ -1070,7 +1036,7 @@ def default_vmap_width(
       16
     """
     num_directions = check_positive_int("num_directions", num_directions)
-    data_chunk = _check_data_chunk(data_chunk, args)
+    data_chunk = check_data_chunk(data_chunk, args)
     if data_chunk is not None:  # one chunk's shapes: the rows a point holds at a time
 
         def rows(a):
@@ -1111,53 +1077,12 @@ def _displace(params: PyTree, dirs: Sequence[PyTree], c: jax.Array) -> PyTree:
     return jax.tree.map(leaf, params, *dirs)
 
 
-def _chunked_mean(fn: Callable, args: tuple, data_chunk: int, varying: tuple[str, ...] = ()):
-    """``(1/n) Σ_c n_c · fn(args_c)`` over chunks of ``data_chunk`` rows of ``args``.
-
-    ``fn`` of a chunk is a mean over its examples (a cost, an accuracy; a dict
-    of them is weighted entry by entry), so the weighted sum is the mean over
-    all n examples; the last chunk, with n mod k rows, is weighted by its
-    size. Full chunks run in one ``lax.scan``, so memory follows the chunk,
-    not n. The semantics of ``data_chunk`` in :mod:`gdjax.curvature`, with
-    one difference: with ``jax_enable_x64`` on, the sum is accumulated in
-    float64 and cast back to each value's dtype at the end, so that a float32
-    value (an accuracy: a mean of booleans is float32) is still the unchunked
-    one. Inside ``shard_map``, ``varying`` names the mesh axes the values vary
-    over (the scan's zero start is cast to vary over them, as ``fn``'s do).
-    """
-    n = jax.tree.leaves(args)[0].shape[0]
-    k = min(data_chunk, n)
-    full, rest = divmod(n, k)
-    head = jax.tree.map(lambda a: a[: full * k].reshape(full, k, *a.shape[1:]), args)
-    first = jax.tree.map(lambda a: a[0], head)
-    spec = jax.eval_shape(fn, first)
-    wide = jax.config.read("jax_enable_x64")
-
-    def acc_dtype(dtype):
-        return jnp.promote_types(dtype, jnp.float64) if wide else dtype
-
-    def widened(tree):
-        return jax.tree.map(lambda v: v.astype(acc_dtype(v.dtype)), tree)
-
-    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, acc_dtype(s.dtype)), spec)
-    if varying:
-        zero = jax.tree.map(lambda z: jax.lax.pcast(z, varying, to="varying"), zero)
-    total, _ = jax.lax.scan(
-        lambda acc, chunk: (jax.tree.map(jnp.add, acc, widened(fn(chunk))), None), zero, head
-    )
-    total = jax.tree.map(lambda t: t * k, total)
-    if rest:
-        tail = widened(fn(jax.tree.map(lambda a: a[full * k :], args)))
-        total = jax.tree.map(lambda t, r: t + rest * r, total, tail)
-    return jax.tree.map(lambda t, s: (t / n).astype(s.dtype), total, spec)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _eval_chunk(f, mesh: Mesh, width: int, data_chunk: int | None, params, dirs, coeffs, args):
     """f at θ + Σ c_i d_i for each row c of ``coeffs``, sharded over "points", in blocks.
 
     With ``data_chunk`` each point is the mean of f over chunks of the data
-    (:func:`_chunked_mean`): the ``vmap`` of a block runs the ``lax.scan`` over
+    (:func:`gdjax._chunks.chunked_mean`): the ``vmap`` of a block runs the ``lax.scan`` over
     chunks with ``width`` points at a time, so a block holds ``width × data_chunk``
     examples' intermediates.
     """
@@ -1167,7 +1092,9 @@ def _eval_chunk(f, mesh: Mesh, width: int, data_chunk: int | None, params, dirs,
             theta = _displace(params, dirs, c)
             if data_chunk is None:
                 return f(theta, *args)
-            return _chunked_mean(lambda chunk: f(theta, *chunk), args, data_chunk, ("points",))
+            return chunked_mean(
+                lambda chunk: f(theta, *chunk), args, data_chunk, varying=("points",), widen=True
+            )
 
         blocks = jnp.reshape(coeffs, (-1, width, coeffs.shape[-1]))
         out = jax.lax.map(jax.vmap(point), blocks)
@@ -1265,7 +1192,7 @@ def _sweep(
             f"args: an {type(f).__name__} is called as f(params, x, y), so the sweep expected "
             f"the two arguments x, y after the grid, got {len(args)}."
         )
-    data_chunk = _check_data_chunk(data_chunk, args)
+    data_chunk = check_data_chunk(data_chunk, args)
     check_finite_args(args)
     spec = _output_spec(f, params, args)
     names = list(spec) if isinstance(spec, dict) else [None]

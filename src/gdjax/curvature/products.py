@@ -14,7 +14,7 @@ forms H:
 ``data_chunk=k`` splits the data arguments along axis 0 into chunks of k
 examples and accumulates the mean over examples inside jit (``lax.scan``), so
 peak memory follows k, not n; the helpers here (``_check_data_chunk``,
-``_mean_over_data`` over ``_chunked_mean``, ``_chunked_flat_hvp``) are the one
+``_mean_over_data`` over ``gdjax._chunks.chunked_mean``, ``_chunked_flat_hvp``) are the one
 chunking mechanism every curvature function uses.
 """
 
@@ -27,11 +27,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gdjax import losses, models
 from gdjax._checks import check_finite_args, check_float_tree, dtype_of, shape_of
+from gdjax._chunks import check_data_chunk, chunked_mean
 from gdjax.losses import Loss
 from gdjax.mlp import MLP
 
@@ -272,31 +272,8 @@ def _flat_hvp_operator(f, params, args) -> jax.tree_util.Partial:
 
 def _check_data_chunk(data_chunk, f, args) -> int | None:
     """``data_chunk``: None, or a positive int; then every data arg of ``f`` has the same
-    rows n ≥ 1 (the data args: ``args`` after those ``f`` holds fixed, :func:`_data_args`).
-
-    A k larger than n is accepted: one chunk of all n examples.
-    """
-    if data_chunk is None:
-        return None
-    if isinstance(data_chunk, bool) or not isinstance(data_chunk, int | np.integer):
-        raise ValueError(
-            f"data_chunk: expected None or a positive integer (examples per chunk), "
-            f"got {data_chunk!r}."
-        )
-    if data_chunk <= 0:
-        raise ValueError(
-            f"data_chunk: expected a positive integer (examples per chunk), got {data_chunk}."
-        )
-    args = _data_args(f, args)
-    if not args:
-        raise ValueError("data_chunk: expected data arguments to split (e.g. x, y), got none.")
-    rows = {shape_of(leaf)[0] if shape_of(leaf) else None for leaf in jax.tree.leaves(args)}
-    if len(rows) != 1 or None in rows or 0 in rows:
-        raise ValueError(
-            f"data_chunk: expected every data argument to have the same number of examples "
-            f"(rows, axis 0) to split into chunks, got leading sizes {sorted(rows, key=str)}."
-        )
-    return int(data_chunk)
+    rows n ≥ 1 (the data args: ``args`` after those ``f`` holds fixed, :func:`_data_args`)."""
+    return check_data_chunk(data_chunk, _data_args(f, args))
 
 
 def _data_args(f, args) -> tuple:
@@ -316,37 +293,13 @@ def _mean_over_data(f, fn, args, data_chunk: int | None):
     the examples of the data in them (a cost, its gradient, a product with its
     Hessian). With ``data_chunk`` the data args (:func:`_data_args`) are split
     into chunks, each called with the fixed args in front, and accumulated by
-    :func:`_chunked_mean`: the one chunking mechanism of the curvature package.
+    ``gdjax._chunks.chunked_mean``: the one chunking mechanism, shared with the sweeps.
     """
     if data_chunk is None:
         return fn(tuple(args))
     data = _data_args(f, args)
     head = tuple(args[: len(args) - len(data)])
-    return _chunked_mean(lambda chunk: fn(head + tuple(chunk)), data, data_chunk)
-
-
-def _chunked_mean(fn, args, data_chunk: int):
-    """``(1/n) Σ_c n_c · fn(args_c)`` over chunks of ``data_chunk`` rows of ``args``.
-
-    ``fn`` of a chunk is a mean over its examples (a cost or its derivatives), so
-    the weighted sum is the mean over all n examples; the last chunk, with
-    n mod k rows, is weighted by its size. Full chunks run in one ``lax.scan``,
-    so peak memory follows the chunk, not n.
-    """
-    n = jax.tree.leaves(args)[0].shape[0]
-    k = min(data_chunk, n)
-    full, rest = divmod(n, k)
-    head = jax.tree.map(lambda a: a[: full * k].reshape(full, k, *a.shape[1:]), args)
-    first = jax.tree.map(lambda a: a[0], head)
-    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, first))
-    total, _ = jax.lax.scan(
-        lambda acc, chunk: (jax.tree.map(jnp.add, acc, fn(chunk)), None), zero, head
-    )
-    total = jax.tree.map(lambda t: t * k, total)
-    if rest:
-        tail = fn(jax.tree.map(lambda a: a[full * k :], args))
-        total = jax.tree.map(lambda t, r: t + rest * r, total, tail)
-    return jax.tree.map(lambda t: t / n, total)
+    return chunked_mean(lambda chunk: fn(head + tuple(chunk)), data, data_chunk)
 
 
 @functools.lru_cache(maxsize=64)
