@@ -16,6 +16,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gdjax import MLP, data, train
@@ -233,6 +234,10 @@ BAD = [
     (dict(learning_rate=0.1, gamma=np.array([1.0, 2.0, 3.0])), "hyperparams: not accepted"),
     (dict(params=MODEL.init(jax.random.key(0))), "params: expected a leading member axis"),
     (dict(optimizer="nope"), "optimizer: expected one of"),
+    (
+        dict(optimizer=optax.sgd(0.1), learning_rate=np.array([0.1, 0.2, 0.3])),
+        "learning_rate: per-member values need a named optimizer",
+    ),
     (dict(batch_size=0), "batch_size: expected None"),
     (dict(epochs=0), "epochs: expected"),
     (dict(mesh="everywhere"), "mesh: expected"),
