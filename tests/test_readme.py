@@ -57,3 +57,13 @@ def test_seed_example_script_reports_every_value_equal():
         assert number in result.stdout
     assert "MISMATCH" not in result.stdout
     assert "Every hand-derived value equals autodiff." in result.stdout
+
+
+def test_population_example_runs_after_the_training_example(capsys):
+    namespace: dict = {}
+    for code in _blocks("python")[1:3]:  # the training example defines model and ds
+        exec(compile(code, "README.md", "exec"), namespace)
+    pop = namespace["pop"]
+    assert pop.history["test_accuracy"].shape == (6, 5)
+    assert all(m is None for m in pop.diverged)
+    assert len(capsys.readouterr().out.strip().splitlines()[-1].split()) >= 6
