@@ -197,26 +197,27 @@ def fit_population(
             f"mesh axis {MEMBER_AXIS!r}, got {size} ({size} % {d} = {size % d})."
         )
     data, schedule = _check_data(data, batch_size, None)
-    pairs = jax.vmap(jax.random.split)(keys)
-    init_keys, shuffle_keys = pairs[:, 0], pairs[:, 1]
+    init_keys, shuffle_keys = _split_keys(keys)
     if params is not None:
         _check_member_axis("params", params, size)
         like = jax.tree.map(lambda a: a[0], params)
         for leaf in jax.tree.leaves(params):
             _check_finite("params", leaf)
     else:
-        like = jax.eval_shape(model.init, init_keys[0])
+        like = jax.eval_shape(lambda k: model.init(k[0]), init_keys)  # compiles nothing
     _check_batches(model, loss, like, data, given=False)
     if opt_state is not None:
         _check_member_axis("opt_state", opt_state, size)
 
     params_given, state_given = params, opt_state
-    params = jax.vmap(model.init)(init_keys) if params is None else params
-    params = jax.tree.map(jnp.array, params)  # copies: the blocks donate their buffers
+    if params is None:
+        params = _init_members(model, init_keys)
+    else:  # copies: the blocks donate their buffers
+        params = jax.tree.map(jnp.array, params)
     dtype = _float_dtype(params)
     tx = _member_optimizer(optimizer, shared, tuple(per_member), dtype)
     if opt_state is None:
-        opt_state = jax.vmap(tx.init)(params)
+        opt_state = _init_states(tx, params)
         if per_member:
             values = {k: jnp.asarray(v, dtype) for k, v in per_member.items()}
             opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, **values})
@@ -275,6 +276,27 @@ def fit_population(
     )
 
 
+# ---------------------------------------------------------------- members, compiled once
+
+
+@jax.jit
+def _split_keys(keys):
+    """Each member's ``(init key, shuffle key) = split(keys[i])``, as fit splits its key."""
+    pairs = jax.vmap(jax.random.split)(keys)
+    return pairs[:, 0], pairs[:, 1]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_members(model, init_keys):
+    """Every member's ``model.init(init_keys[i])`` in one compiled call (not op by op)."""
+    return jax.vmap(model.init)(init_keys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_states(tx, params):
+    return jax.vmap(tx.init)(params)
+
+
 # ---------------------------------------------------------------- checks
 
 
@@ -316,9 +338,18 @@ def _split_hyperparams(optimizer, hyperparams: dict, size: int) -> tuple[dict, d
                 f"its own hyper-parameters."
             )
         per_member[name] = values
-    # Every member's optimizer, checked as fit checks one (names, learning-rate range).
-    for i in range(size):
-        make_optimizer(optimizer, **shared, **{k: v[i].item() for k, v in per_member.items()})
+    # The optimizer checked as fit checks it (names, values) with member 0's values, and
+    # every member's learning rate in range: not P optimizers through make_optimizer's
+    # cache, which a large population would flush.
+    make_optimizer(optimizer, **shared, **{k: v[0].item() for k, v in per_member.items()})
+    if "learning_rate" in per_member:
+        rates = per_member["learning_rate"]
+        bad = ~(np.isfinite(rates) & (rates > 0))
+        if bad.any():
+            raise ValueError(
+                f"learning_rate: expected a positive number for every member, got "
+                f"{rates[bad][0]!r} for member {int(np.argmax(bad))}."
+            )
     return shared, per_member
 
 
