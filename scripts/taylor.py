@@ -120,6 +120,9 @@ def quadratic_stability(seed: int, epochs: int = 100) -> dict:
     return {"lambda_max": lam, "stability_limit": 2 / lam, "epochs": epochs, "runs": runs_}
 
 
+DENSE_NEWTON_MAX_PARAMS = 2000
+
+
 def newton_one_step(f, params, x, y, seed: int) -> dict:
     """One dense Newton step θ − H⁻¹∇C: exact on linear regression, not on the MLP."""
     model, ds = linear_regression_problem(seed)
@@ -133,8 +136,11 @@ def newton_one_step(f, params, x, y, seed: int) -> dict:
     def grad_norm(p) -> float:
         return float(optax.tree.norm(jax.grad(f)(p, x, y)))
 
-    # on the MLP: damped just enough to make H + λI positive definite (H is indefinite)
-    mlp = curvature.newton_step(f, params, x, y, method="dense", damping=1e-3)
+    # on the MLP: damped just enough to make H + λI positive definite (H is indefinite);
+    # a dense Hessian of n params costs n² numbers and n HVPs: conjugate gradients above 2 000
+    size = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+    method = "dense" if size <= DENSE_NEWTON_MAX_PARAMS else "cg"
+    mlp = curvature.newton_step(f, params, x, y, method=method, damping=1e-3)
     return {
         "linear_regression_distance": float(np.linalg.norm(reached - solution)),
         "mlp_loss_before": float(f(params, x, y)),
@@ -142,6 +148,8 @@ def newton_one_step(f, params, x, y, seed: int) -> dict:
         "mlp_grad_norm_before": grad_norm(params),
         "mlp_grad_norm_after": grad_norm(mlp.params),
         "mlp_damping": 1e-3,
+        "mlp_method": method,
+        "mlp_converged": bool(mlp.converged),
     }
 
 
