@@ -161,9 +161,9 @@ def landscape_depth(args: argparse.Namespace, out: Path) -> dict:
     from gdjax import curvature, landscape, models
 
     ds = data.mnist1d()
-    depths = (2, 6) if args.quick else (2, 6, 10)
-    steps = 400 if args.quick else 4000
-    resolution = 11 if args.quick else 31
+    depths = (2, 4) if args.quick else (2, 6, 10)
+    steps = 200 if args.quick else 4000
+    resolution = 9 if args.quick else 31
     epochs = steps * 100 // ds.num_train
     grid = np.linspace(-1.0, 1.0, resolution)
     x64 = jnp.asarray(ds.x, jnp.float64)
