@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import conv_apply
 from jax.flatten_util import ravel_pytree
 
 from gdjax import curvature, models
@@ -25,19 +26,6 @@ from gdjax.curvature.layers import _layers
 LENGTH, CHANNELS, CLASSES, N = 8, 2, 2, 16
 LOSS = "softmax_cross_entropy"
 KEY = jax.random.key(7)
-
-
-def conv_apply(params, x):
-    """conv(CHANNELS, kernel 3) → tanh → dense → CLASSES logits, on x of shape (n, LENGTH)."""
-    h = jax.lax.conv_general_dilated(
-        x[:, None, :],
-        params["conv"]["w"],
-        window_strides=(1,),
-        padding="VALID",
-        dimension_numbers=("NCH", "OIH", "NCH"),
-    )
-    h = jnp.tanh(h + params["conv"]["b"][None, :, None])
-    return h.reshape(h.shape[0], -1) @ params["dense"]["w"].T + params["dense"]["b"]
 
 
 def _conv_problem():

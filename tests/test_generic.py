@@ -8,21 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import conv_apply
 
 from gdjax import MLP, curvature, models, train
-
-
-def conv_apply(params, x):
-    """A 1-D conv net in plain JAX: conv(4 channels, kernel 3) → tanh → dense → k logits."""
-    h = jax.lax.conv_general_dilated(
-        x[:, None, :],
-        params["conv"]["w"],
-        window_strides=(1,),
-        padding="VALID",
-        dimension_numbers=("NCH", "OIH", "NCH"),
-    )
-    h = jnp.tanh(h + params["conv"]["b"][None, :, None])
-    return h.reshape(h.shape[0], -1) @ params["dense"]["w"].T + params["dense"]["b"]
 
 
 def conv_params(key, length=12, channels=4, classes=3, dtype=jnp.float32):

@@ -10,23 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import conv_apply
 
 from gdjax import MLP, curvature, landscape, losses, objective, train
 
 LOSS = "softmax_cross_entropy"
-
-
-def conv_apply(params, x):
-    """conv(3 channels, kernel 3) → tanh → dense → 3 logits, on signals of length 8."""
-    h = jax.lax.conv_general_dilated(
-        x[:, None, :],
-        params["conv"]["w"],
-        window_strides=(1,),
-        padding="VALID",
-        dimension_numbers=("NCH", "OIH", "NCH"),
-    )
-    h = jnp.tanh(h + params["conv"]["b"][None, :, None])
-    return h.reshape(h.shape[0], -1) @ params["dense"]["w"].T + params["dense"]["b"]
 
 
 def flax_conv_apply(params, x):

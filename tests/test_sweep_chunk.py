@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import conv_apply
 
 from gdjax import MLP, landscape, objective
 
@@ -28,19 +29,6 @@ LOSS = "softmax_cross_entropy"
 GENERIC = objective(MODEL, LOSS)
 FAST = landscape.mlp_loss(MODEL, LOSS)
 FAST_CLF = landscape.mlp_loss(MODEL, LOSS, accuracy=True)
-
-
-def conv_apply(params, x):
-    """A 1-D conv net in plain JAX: conv(3 channels, kernel 3) → tanh → dense → 3 logits."""
-    h = jax.lax.conv_general_dilated(
-        x[:, None, :],
-        params["conv"]["w"],
-        window_strides=(1,),
-        padding="VALID",
-        dimension_numbers=("NCH", "OIH", "NCH"),
-    )
-    h = jnp.tanh(h + params["conv"]["b"][None, :, None])
-    return h.reshape(h.shape[0], -1) @ params["dense"]["w"].T + params["dense"]["b"]
 
 
 CONV = landscape.model_loss(conv_apply, LOSS)
