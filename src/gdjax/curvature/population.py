@@ -47,6 +47,7 @@ from jax.flatten_util import ravel_pytree
 
 from gdjax._checks import check_finite_args, check_finite_number, check_positive_int, shape_of
 from gdjax.curvature.eigen import (
+    _FIRST_ROWS,
     Eigen,
     _basis_rows,
     _block_candidates,
@@ -86,7 +87,7 @@ __all__ = [
 
 PyTree = Any
 
-_ROUND = 8  # Lanczos steps per batched call between the host's convergence checks
+_ROUND = 4  # Lanczos steps per batched call between the host's convergence checks
 
 
 # ---------------------------------------------------------------- the population's cost
@@ -359,7 +360,7 @@ def _lanczos_chunk(
     member_sum = _MemberSum(f)
     operator = _jit_flat_hvp_operator(member_sum, params, args, data_chunk)
     max_rows = _basis_rows(max_iters)
-    rows = min(2 * _ROUND, max_rows)
+    rows = min(_FIRST_ROWS, max_rows)  # multiples of _BLOCK, as _project_out reads them
     state = _start(starts, rows, max_iters)
     stopped_at = np.zeros((runs_n, size), np.int64)  # m at which each run stopped (0: not yet)
     j = 0
@@ -478,7 +479,7 @@ class PopulationEigen(NamedTuple):
       eigenvectors: a params-shaped pytree whose leaves have leading axes
         ``(P, k)``: member i's unit eigenvectors.
       hvps: ``(P,)``, the products member i's answer rests on (as ``Eigen.hvps``
-        counts them; the batch computes up to 7 more Lanczos steps per member and
+        counts them; the batch computes up to 3 more Lanczos steps per member and
         run, which are discarded).
       converged: ``(P,)`` bools, each as ``Eigen.converged``: member i's every
         pair has a measured residual ``‖H_i v − λ v‖`` within the tolerance (and,
@@ -541,7 +542,7 @@ def population_top_eigenvalues(
     population's cost ``F(Θ) = Σ_i C(θ_i)`` (see the module), with the
     single-member step (full reorthogonalisation, a random restart on an
     invariant subspace) under ``vmap``. The host checks every member's stopping
-    test after each 8 steps; a member stops at the first step of that round that
+    test after every 4 steps; a member stops at the first step of that round that
     meets it, the same test and the same Krylov basis (from the same start
     vector and key) as ``top_eigenvalues``, so member i's values equal
     ``top_eigenvalues(f, θ_i, k, *args, key=key)``'s to rounding wherever both
