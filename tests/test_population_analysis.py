@@ -328,3 +328,38 @@ def test_zero_direction_is_refused_naming_the_member():
     params = {"s": params["s"], "x": jnp.asarray([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])}
     with pytest.raises(ValueError, match="all zeros for member 1"):
         curvature.population_taylor_step(f, params, etas=[0.1])
+
+
+# ------------------------------------------------------------------ the script
+
+
+def test_sharpness_script_trains_etas_and_seeds_as_one_population(tmp_path, capsys):
+    import importlib.util
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sharpness.py"
+    spec = importlib.util.spec_from_file_location("sharpness_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    common = ["--etas", "0.2", "0.4", "--epochs", "20", "--every", "10", "--n", "16"]
+    both, one = tmp_path / "seeds", tmp_path / "one"
+    assert script.main([*common, "--seeds", "2", "--out", str(both), "--no-progress"]) == 0
+    assert "over 2 seeds" in capsys.readouterr().out
+    assert script.main([*common, "--out", str(one), "--no-progress"]) == 0
+    summary = json.loads((both / "sharpness.json").read_text())
+    assert summary["seeds"] == 2
+    assert len(summary["runs"]["0.4"]["seeds"]["sharpness_max"]) == 2
+    assert (both / "sharpness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with np.load(both / "sharpness.npz") as seeds, np.load(one / "sharpness.npz") as single:
+        for eta in ("0.2", "0.4"):
+            assert seeds[f"eta={eta}/sharpness_seeds"].shape == (2, 3)
+            assert seeds[f"eta={eta}/loss_seeds"].shape == (2, 20)
+            # the --seed run is the same member whether or not other seeds train beside it
+            np.testing.assert_allclose(
+                seeds[f"eta={eta}/sharpness"], single[f"eta={eta}/sharpness"], rtol=1e-8
+            )
+            np.testing.assert_array_equal(
+                seeds[f"eta={eta}/sharpness_seeds"][0], seeds[f"eta={eta}/sharpness"]
+            )
+        assert "eta=0.2/sharpness_seeds" not in single.files
