@@ -363,3 +363,30 @@ def test_sharpness_script_trains_etas_and_seeds_as_one_population(tmp_path, caps
                 seeds[f"eta={eta}/sharpness_seeds"][0], seeds[f"eta={eta}/sharpness"]
             )
         assert "eta=0.2/sharpness_seeds" not in single.files
+
+
+# ------------------------------------------------------------------ landscape sweeps
+
+
+def test_one_sweep_gives_every_members_plane(population):
+    from gdjax import landscape
+
+    _, f, params, x, y = population
+    d1 = jax.vmap(landscape.random_direction)(jax.random.split(jax.random.key(1), P), params)
+    d2 = jax.vmap(landscape.random_direction)(jax.random.split(jax.random.key(2), P), params)
+    alphas, betas = np.linspace(-1, 1, 3), np.linspace(-0.5, 0.5, 2)
+    g = landscape.members(f, P)
+    values = landscape.sweep_2d(g, params, d1, d2, alphas, betas, x, y)
+    grid = g.stack(values)
+    assert grid.shape == (P, 3, 2)
+    chunked = g.stack(landscape.sweep_2d(g, params, d1, d2, alphas, betas, x, y, data_chunk=5))
+    np.testing.assert_allclose(chunked, grid, rtol=1e-12)
+    for i in range(P):
+        single = landscape.sweep_2d(
+            f, member(params, i), member(d1, i), member(d2, i), alphas, betas, x, y
+        )
+        np.testing.assert_allclose(grid[i], single, rtol=1e-12)
+    with pytest.raises(
+        ValueError, match=r"params\[0\]\['b'\]: expected a leading member axis of size 4"
+    ):
+        landscape.sweep_1d(landscape.members(f, 4), params, d1, alphas, x, y)
