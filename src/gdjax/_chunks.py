@@ -6,7 +6,7 @@ split those arguments along axis 0 into chunks of k examples and accumulate
 
 .. math::
 
-    \\bar g = \\frac{1}{n} \\sum_c n_c\\, g(\\text{chunk}_c)
+    \bar g = \frac{1}{n} \sum_c n_c\, g(\text{chunk}_c)
 
 inside jit (a ``lax.scan`` over the full chunks, the last chunk of
 n mod k examples weighted by its size). :mod:`gdjax.curvature` and the sweeps
