@@ -27,6 +27,9 @@ They take any params pytree (a conv net's dict of kernels as well as an MLP's
 list of layers). The function swept is any ``f(params, *args)``;
 :func:`model_loss` builds it from any model ``apply(params, x)`` and loss
 (for a ``gdjax.MLP``, the :class:`MLPLoss` of :func:`mlp_loss`).
+For a population (params and directions with a leading member axis, as
+:func:`gdjax.train.fit_population` returns params), :func:`members` makes
+every member's value one output of a single sweep.
 
 How a sweep is evaluated. The grid points (α_i, β_j), in row-major order, are
 cut into *chunks* of ``chunk_size`` points; the last chunk is padded (with
@@ -164,6 +167,8 @@ __all__ = [
     "mlp_loss",
     "ModelLoss",
     "model_loss",
+    "Members",
+    "members",
     "sweep_1d",
     "sweep_2d",
     "default_vmap_width",
@@ -922,6 +927,76 @@ def model_loss(model: Any, loss: Any, *, accuracy: bool = False) -> MLPLoss | Mo
 
 
 # ---------------------------------------------------------------- the MLP fast path
+
+
+@dataclasses.dataclass(frozen=True)
+class Members:
+    """``f`` of every member of a population, as one sweepable function.
+
+    Called on params with a leading member axis of size ``size`` (as
+    :func:`gdjax.train.fit_population` returns them) it is ``f`` under ``vmap``
+    over the members, one value per member, named ``"member{i}"`` (``"{name}/member{i}"``
+    for each entry of a dict-valued f)::
+
+        g(Θ, *args) = {"member0": f(θ_0, *args), …, "member{P−1}": f(θ_{P−1}, *args)}
+
+    Swept with directions that carry the member axis too, the point (α, β) is
+    ``θ_i + α d1_i + β d2_i`` for every member i at once, so one sweep gives
+    every member's landscape on its own plane; :meth:`stack` puts the member
+    axis in front of the grids. Build it with :func:`members`.
+    """
+
+    f: Callable
+    size: int
+
+    def _names(self, name: str | None = None) -> list[str]:
+        width = len(str(self.size - 1))  # zero-padded, so that sorted names keep member order
+        prefix = "" if name is None else f"{name}/"
+        return [f"{prefix}member{i:0{width}d}" for i in range(self.size)]
+
+    def __call__(self, params, *args):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            if shape_of(leaf)[:1] != (self.size,):
+                raise ValueError(
+                    f"params{jax.tree_util.keystr(path)}: expected a leading member axis of size "
+                    f"{self.size} (the members' params stacked), got shape {shape_of(leaf)}."
+                )
+        out = jax.vmap(lambda p: self.f(p, *args))(params)
+        if isinstance(out, Mapping):
+            return {n: out[k][i] for k in out for i, n in enumerate(self._names(k))}
+        return dict(zip(self._names(), out, strict=True))
+
+    def stack(self, values: Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        """A sweep's values of this function with the member axis in front: ``(P, *grid)``,
+        or a dict of those for a dict-valued f."""
+        names = sorted({k.rsplit("/", 1)[0] for k in values if "/" in k})
+        if not names:
+            return np.stack([values[n] for n in self._names()])
+        return {k: np.stack([values[n] for n in self._names(k)]) for k in names}
+
+
+def members(f: Callable, size: int) -> Members:
+    """``f(params, *args)`` for every member of a population, to sweep all members at once.
+
+    Args:
+      f: a function of one member's params, e.g. ``gdjax.objective(model, "mse")``.
+      size: P, the number of members (the leading axis of every params leaf).
+
+    Returns:
+      A :class:`Members` ``g``: ``sweep_2d(g, params, d1, d2, alphas, betas, x, y)``
+      with params and directions carrying the member axis sweeps every member's
+      plane in one call; ``g.stack(values)`` has shape ``(P, len(alphas), len(betas))``.
+
+    Examples:
+      >>> f = lambda p: jnp.sum(p ** 2)
+      >>> g = members(f, 2)
+      >>> values = sweep_1d(g, jnp.array([[0.0], [1.0]]), jnp.ones((2, 1)), [-1.0, 0.0, 1.0])
+      >>> g.stack(values).tolist()
+      [[1.0, 0.0, 1.0], [0.0, 1.0, 4.0]]
+    """
+    if not callable(f):
+        raise ValueError(f"f: expected a function f(params, *args), got {type(f).__name__}.")
+    return Members(f, check_positive_int("size", size))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,6 +37,11 @@ every public name is re-exported here, so ``gdjax.curvature.hvp`` works:
   recording λ_max(H) during training (warm-started Lanczos), to watch it reach 2/η.
 - ``newton``: :func:`newton_step` — a damped Newton step, dense or by conjugate
   gradient on Hessian-vector products (Hessian-free).
+- ``population``: the same analyses for every member of a population (params
+  with a leading member axis, as :func:`~gdjax.train.fit_population` returns
+  them) in one batched call: :func:`population_top_eigenvalues`,
+  :func:`population_trace`, :func:`population_taylor_step` and the
+  ``fit_population`` callback :func:`track_population_sharpness`.
 
 Any model: params may be any pytree of floating arrays (``MLP.init``'s list of
 layer dicts, a dict of conv kernels, a split Equinox or Flax NNX module), and
@@ -65,6 +70,14 @@ from gdjax.curvature.layers import layer_curvature as layer_curvature
 from gdjax.curvature.newton import MAX_DENSE_PARAMS as MAX_DENSE_PARAMS
 from gdjax.curvature.newton import NewtonResult as NewtonResult
 from gdjax.curvature.newton import newton_step as newton_step
+from gdjax.curvature.population import PopulationEigen as PopulationEigen
+from gdjax.curvature.population import PopulationSharpnessTracker as PopulationSharpnessTracker
+from gdjax.curvature.population import PopulationTaylor as PopulationTaylor
+from gdjax.curvature.population import PopulationTrace as PopulationTrace
+from gdjax.curvature.population import population_taylor_step as population_taylor_step
+from gdjax.curvature.population import population_top_eigenvalues as population_top_eigenvalues
+from gdjax.curvature.population import population_trace as population_trace
+from gdjax.curvature.population import track_population_sharpness as track_population_sharpness
 from gdjax.curvature.products import gnvp as gnvp
 from gdjax.curvature.products import hvp as hvp
 from gdjax.curvature.products import hvp_operator as hvp_operator
@@ -92,4 +105,12 @@ __all__ = [
     "newton_step",
     "NewtonResult",
     "MAX_DENSE_PARAMS",
+    "population_top_eigenvalues",
+    "PopulationEigen",
+    "population_trace",
+    "PopulationTrace",
+    "population_taylor_step",
+    "PopulationTaylor",
+    "track_population_sharpness",
+    "PopulationSharpnessTracker",
 ]
