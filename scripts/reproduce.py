@@ -16,6 +16,9 @@ Reproductions:
   (Greydanus & Kobak, ICML 2024, Table 1: 32 %, 68 %, 94 % test accuracy),
   each as a population of seeds trained in one jitted run, with the paper's
   settings (Adam, η = 10⁻², batch 100, 6 000 steps).
+- ``edge-of-stability``: Cohen et al. (ICLR 2021), Fig. 1: full-batch gradient
+  descent of a tanh MLP with MSE on 1 000 MNIST-1D examples, three step sizes η
+  in one population, the full-batch Hessian's λ_max every k steps against 2/η.
 - ``landscape-depth``: Li et al. (NeurIPS 2018), skip connections scaled down:
   filter-normalised planes around plain and residual MLPs of 2, 6 and 10
   hidden layers on MNIST-1D, and the convexity measure |λ_min/λ_max| of the
@@ -310,8 +313,109 @@ def taylor_real(args: argparse.Namespace, out: Path) -> dict:
     }
 
 
+def edge_of_stability(args: argparse.Namespace, out: Path) -> dict:
+    """Cohen et al. (2021), Fig. 1: full-batch GD's sharpness rises to 2/η and hovers there."""
+    from gdjax import MLP, curvature
+
+    ds = data.mnist1d(loss="mse")  # one-hot targets
+    n = 1000
+    x, y = jnp.asarray(ds.x[:n], jnp.float32), jnp.asarray(ds.y[:n], jnp.float32)
+    model = MLP((40, 64, 64, 10), activation="tanh")
+    etas = np.array([0.1, 0.15, 0.2])
+    steps, every = (600, 30) if args.quick else (4000, 20)
+    keys = jnp.stack([jax.random.key(args.seed)] * len(etas))  # one init, one η per member
+    params = jax.vmap(lambda k: model.init(jax.random.split(k)[0], dtype=jnp.float32))(keys)
+    tracker = curvature.track_population_sharpness(
+        model, "mse", x, y, key=jax.random.key(args.seed + 1), tol=1e-3
+    )
+    tracker(0, params)
+    pop = train.fit_population(
+        model, "mse", "sgd", (x, y), epochs=steps, keys=keys, params=params, eval_every=0,
+        callback=tracker, callback_every=every, progress=not args.no_progress,
+        learning_rate=etas,
+    )  # fmt: skip
+    sharpness, recorded = np.asarray(tracker.sharpness), np.asarray(tracker.epochs)
+    results = {}
+    for i, eta in enumerate(etas):
+        limit = 2 / eta
+        # the first upward crossing: at init λ_max may start above 2/η and fall at once
+        # (the catapult of the first steps); progressive sharpening brings it back
+        above = sharpness[:, i] >= limit
+        reached = np.flatnonzero(above[1:] & ~above[:-1]) + 1
+        first = int(recorded[reached[0]]) if reached.size else None
+        after = sharpness[reached[0] :, i] * eta / 2 if reached.size else np.array([])
+        loss = pop.history["loss"][i]
+        results[f"eta={eta:g}"] = {
+            "eta": float(eta),
+            "stability_limit_2_over_eta": limit,
+            "sharpness_start": float(sharpness[0, i]),
+            "sharpness_min": float(sharpness[:, i].min()),
+            "sharpness_end": float(sharpness[-1, i]),
+            "first_step_sharpness_reaches_2_over_eta": first,  # from below
+            "median_eta_lambda_over_2_after": float(np.median(after)) if after.size else None,
+            "loss_start": float(loss[0]),
+            "loss_end": float(loss[-1]),
+            "loss_increases_after_reaching": int(
+                np.sum(np.diff(loss[first - 1 :]) > 0) if first else 0
+            ),
+            "lanczos_converged_fraction": float(np.mean(np.asarray(tracker.converged)[:, i])),
+            "diverged": pop.diverged[i],
+        }
+        print(
+            f"η = {eta:g}: 2/η = {limit:.3g}, λ_max {sharpness[0, i]:.3g} → "
+            f"{sharpness[-1, i]:.3g}, reaches 2/η at step {first}, median ηλ/2 after: "
+            f"{results[f'eta={eta:g}']['median_eta_lambda_over_2_after']}"
+        )
+    plots.save(
+        _eos_figure(etas, recorded, sharpness, pop.history["loss"]),
+        out / f"edge_of_stability.{args.format}",
+    )
+    np.savez(
+        out / "arrays.npz", etas=etas, steps=recorded, sharpness=sharpness,
+        loss=pop.history["loss"], converged=np.asarray(tracker.converged),
+    )  # fmt: skip
+    return {
+        "paper": "Cohen, Kaur, Li, Kolter & Talwalkar (2021), Gradient Descent on Neural "
+        "Networks Typically Occurs at the Edge of Stability, ICLR, Fig. 1",
+        "paper_claim": "full-batch GD: the sharpness rises (progressive sharpening) until it "
+        "reaches 2/η, then hovers just above it while the loss keeps falling, non-monotonically",
+        "settings": {
+            "data": f"MNIST-1D, the first {n} training examples, one-hot targets",
+            "model": "gdjax.MLP (40, 64, 64, 10) tanh, identity output, glorot init",
+            "loss": "mse (C = 1/(2n) Σ‖y − a‖²)",
+            "optimizer": "full-batch gradient descent",
+            "steps": steps,
+            "sharpness_every": every,
+            "sharpness": "λ_max of the full-batch Hessian by Lanczos (tol 1e-3, warm-started)",
+            "population": "one member per η, the same init",
+        },
+        "per_eta": results,
+    }
+
+
+def _eos_figure(etas, steps, sharpness, loss) -> Figure:
+    fig = Figure(figsize=(10.0, 3.6), layout="constrained")
+    ax_loss, ax_sharp = fig.subplots(1, 2)
+    for i, eta in enumerate(etas):
+        color = f"C{i}"
+        ax_loss.plot(np.arange(1, loss.shape[1] + 1), loss[i], color=color, label=f"η = {eta:g}")
+        ax_sharp.plot(steps, sharpness[:, i], color=color, label=f"η = {eta:g}")
+        ax_sharp.axhline(2 / eta, color=color, ls="--", lw=1)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step (full-batch GD)")
+    ax_loss.set_ylabel("train loss C")
+    ax_sharp.set_xlabel("step")
+    ax_sharp.set_ylabel(r"sharpness $\lambda_{\max}(H)$;  dashed: $2/\eta$")
+    for ax in (ax_loss, ax_sharp):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Edge of stability on MNIST-1D (Cohen et al. 2021, Fig. 1 layout)")
+    return fig
+
+
 REPRODUCTIONS: dict[str, Callable[[argparse.Namespace, Path], dict]] = {
     "mnist1d-baselines": mnist1d_baselines,
+    "edge-of-stability": edge_of_stability,
     "landscape-depth": landscape_depth,
     "taylor-real": taylor_real,
 }

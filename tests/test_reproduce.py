@@ -31,7 +31,7 @@ def test_help_lists_every_reproduction():
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for name in ("mnist1d-baselines", "landscape-depth", "taylor-real"):
+    for name in ("mnist1d-baselines", "edge-of-stability", "landscape-depth", "taylor-real"):
         assert name in out
     assert "--quick" in out and "(default: 5)" in out
 
@@ -102,3 +102,18 @@ def test_taylor_real_quick_reports_every_layer(tmp_path):
     assert results["taylor"]["newton"]["mlp_method"] == "cg"  # 15 210 params: no dense H
     for name in ("taylor_predictions.png", "taylor_errors.png", "taylor.npz"):
         assert (out / name).is_file(), name
+
+
+def test_edge_of_stability_quick_reports_every_step_size(tmp_path):
+    out, results = quick("edge-of-stability", tmp_path)
+    per = results["per_eta"]
+    assert set(per) == {"eta=0.1", "eta=0.15", "eta=0.2"}
+    for entry in per.values():
+        assert entry["stability_limit_2_over_eta"] == 2 / entry["eta"]
+        assert entry["diverged"] is None
+        first = entry["first_step_sharpness_reaches_2_over_eta"]
+        assert (first is None) == (entry["median_eta_lambda_over_2_after"] is None)
+    with np.load(out / "arrays.npz") as arrays:
+        assert arrays["sharpness"].shape == (len(arrays["steps"]), 3)
+        assert arrays["loss"].shape == (3, 600)
+    assert (out / "edge_of_stability.png").is_file()
