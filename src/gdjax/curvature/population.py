@@ -69,7 +69,7 @@ from gdjax.curvature.products import (
     _flat_operator,
     _jit_flat_hvp_operator,
 )
-from gdjax.curvature.sharpness import track_sharpness
+from gdjax.curvature.sharpness import SharpnessTracker, track_sharpness
 from gdjax.curvature.taylor import TaylorResult, _gradient, _taylor, _threshold_crossing
 from gdjax.losses import Loss
 from gdjax.mlp import MLP
@@ -981,7 +981,7 @@ def population_taylor_step(
 # ---------------------------------------------------------------- sharpness during training
 
 
-class PopulationSharpnessTracker:
+class PopulationSharpnessTracker(SharpnessTracker):
     """A :func:`~gdjax.train.fit_population` callback recording every member's ``λ_max(H_i)``.
 
     Made by :func:`track_population_sharpness`. Each call ``tracker(epoch,
@@ -990,6 +990,9 @@ class PopulationSharpnessTracker:
     started from its own previous top eigenvector (warm start), and appends
     one record. ``opt_state`` and ``history`` are ignored, so ``tracker(0,
     params)`` records the start.
+
+    The records and their columns are :class:`SharpnessTracker`'s, one row per call
+    with a member axis.
 
     Attributes (numpy arrays, one row per call):
       epochs: ``(records,)``, the epochs at which sharpness was recorded.
@@ -1012,11 +1015,11 @@ class PopulationSharpnessTracker:
         member_chunk: int | None,
         data_chunk: int | None,
     ):
-        self.f, self.x, self.y = f, x, y
-        self.key, self.tol, self.max_iters, self.warm_start = key, tol, max_iters, warm_start
-        self.member_chunk, self.data_chunk = member_chunk, data_chunk
-        self.eigenvector: PyTree | None = None
-        self._records: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        super().__init__(
+            f, x, y, key=key, tol=tol, max_iters=max_iters, warm_start=warm_start,
+            data_chunk=data_chunk,
+        )  # fmt: skip
+        self.member_chunk = member_chunk
 
     def __call__(
         self, epoch: int, params: PyTree, opt_state: Any = None, history: Any = None
@@ -1044,29 +1047,6 @@ class PopulationSharpnessTracker:
         sharpness = eig.eigenvalues[:, 0]
         self._records.append((int(epoch), sharpness, eig.hvps, eig.converged))
         return sharpness
-
-    def _column(self, i: int, dtype) -> np.ndarray:
-        return np.asarray([record[i] for record in self._records], dtype)
-
-    @property
-    def epochs(self) -> np.ndarray:
-        """The epochs at which sharpness was recorded, ``(records,)``."""
-        return self._column(0, np.int64)
-
-    @property
-    def sharpness(self) -> np.ndarray:
-        """``λ_max(H_i)`` at each recorded epoch, ``(records, P)``."""
-        return self._column(1, np.float64)
-
-    @property
-    def hvps(self) -> np.ndarray:
-        """The products each member's measurement took, ``(records, P)``."""
-        return self._column(2, np.int64)
-
-    @property
-    def converged(self) -> np.ndarray:
-        """Whether each member's measurement was verified, ``(records, P)``."""
-        return self._column(3, bool)
 
 
 def track_population_sharpness(
