@@ -558,3 +558,28 @@ def test_the_progress_bar_hears_every_epoch_inside_a_block_and_changes_nothing(k
     assert sorted(heard) == list(range(1, 9))
     for a, b in zip(jax.tree.leaves(shown), jax.tree.leaves(silent), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_multisteps_trains_and_lbfgs_is_refused_by_name(key, compilations):
+    """optax.MultiSteps is taken through its gradient_transformation(); a line-search
+    method that needs the loss value is refused before anything compiles."""
+    ds = data.moons(key, n=32)
+    model = MLP((2, 4, 1), activation="tanh")
+    common = dict(epochs=2, key=key, batch_size=8, progress=False, eval_every=0)
+    multi = train.fit(model, ds.loss, optax.MultiSteps(optax.sgd(0.1), 2), ds, **common)
+    assert multi.history["step_loss"].shape == (8,)
+    compilations.count = 0
+    with pytest.raises(ValueError, match="optimizer: expected a first-order transformation"):
+        train.fit(model, ds.loss, optax.lbfgs(), ds, **common)
+    assert compilations.count == 0
+
+
+def test_tqdm_disable_switches_the_bars_off(key, monkeypatch, capsys):
+    ds = data.moons(key, n=32)
+    model = MLP((2, 4, 1), activation="tanh")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    train.fit(model, ds.loss, "sgd", ds, epochs=2, key=key, learning_rate=0.1, progress=True)
+    assert "epochs" not in capsys.readouterr().err
+    monkeypatch.delenv("TQDM_DISABLE")
+    train.fit(model, ds.loss, "sgd", ds, epochs=2, key=key, learning_rate=0.1, progress=True)
+    assert "epochs" in capsys.readouterr().err

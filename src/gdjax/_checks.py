@@ -8,6 +8,7 @@ names the argument, what was expected and what was received.
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,19 @@ def is_concrete(x) -> bool:
     if isinstance(x, jax.core.Tracer):
         return False
     return not (isinstance(x, jax.Array) and not x.is_fully_addressable)
+
+
+def progress_shown(progress: bool) -> bool:
+    """Whether to draw a progress bar: asked for, and not switched off by ``TQDM_DISABLE``.
+
+    tqdm reads ``TQDM_DISABLE`` only as a default, which an explicit ``disable=``
+    overrides; gdjax honours it as the user's word.
+    """
+    return bool(progress) and os.environ.get("TQDM_DISABLE", "").lower() not in (
+        "1",
+        "true",
+        "yes",
+    )
 
 
 def shape_of(x) -> tuple[int, ...]:

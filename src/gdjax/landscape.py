@@ -141,7 +141,13 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from gdjax import curvature, losses
-from gdjax._checks import check_finite, check_finite_args, check_positive_int, shape_of
+from gdjax._checks import (
+    check_finite,
+    check_finite_args,
+    check_positive_int,
+    progress_shown,
+    shape_of,
+)
 from gdjax._chunks import check_data_chunk, chunked_mean
 from gdjax.backprop import check_batch
 from gdjax.losses import Loss
@@ -1363,7 +1369,7 @@ def _sweep(
         desc=f"sweep {kind}",
         unit="pt",
         dynamic_ncols=True,
-        disable=not progress,
+        disable=not progress_shown(progress),
     )
     start = time.perf_counter()
     try:

@@ -31,7 +31,13 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from gdjax import diagnostics, runs
-from gdjax._checks import check_num_examples, check_positive_int, is_concrete, shape_of
+from gdjax._checks import (
+    check_num_examples,
+    check_positive_int,
+    is_concrete,
+    progress_shown,
+    shape_of,
+)
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
 from gdjax.models import as_loss, as_model, check_batch
@@ -347,6 +353,7 @@ def fit(
     _check_key(key)
     like = params if params is not None else jax.eval_shape(model.init, key)
     _check_batches(model, loss, like, data, given=params is not None)
+    _check_first_order(tx, like)
 
     init_key, shuffle_key = jax.random.split(key)
     params_given, state_given = params, opt_state
@@ -456,7 +463,7 @@ class _Host:
             desc="epochs",
             unit="epoch",
             dynamic_ncols=True,
-            disable=not run.progress,
+            disable=not progress_shown(run.progress),
         )
         self.start = time.perf_counter()
         self.compile_s = 0.0  # time spent in first calls (tracing and compiling)
@@ -788,6 +795,24 @@ def _check_key(key) -> None:
     if not isinstance(key, jax.Array) or not ((typed and shape == ()) or raw):
         got = f"dtype {dtype} and shape {shape}" if dtype is not None else type(key).__name__
         raise ValueError(f"key: expected one PRNG key, e.g. jax.random.key(0), got {got}.")
+
+
+def _check_first_order(tx: optax.GradientTransformation, like) -> None:
+    """``tx.update(g, state, params)`` must trace (``eval_shape``: nothing compiles).
+
+    fit's steps give the optimizer the gradient alone; a transformation that
+    needs more (``optax.lbfgs`` asks for the value, the gradient and a
+    ``value_fn``) is refused by name rather than failing inside the first step.
+    """
+    try:
+        jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), like)
+    except TypeError as e:
+        raise ValueError(
+            f"optimizer: expected a first-order transformation whose update takes "
+            f"(gradients, state, params), as fit calls it; this one failed with "
+            f"TypeError: {e}. Line-search methods such as optax.lbfgs need the loss "
+            f"value and a value_fn: run them in a loop of your own."
+        ) from None
 
 
 def _check_every(name: str, value) -> int:

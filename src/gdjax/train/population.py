@@ -38,6 +38,7 @@ from gdjax.train.loop import (
     _check_batches,
     _check_data,
     _check_finite,
+    _check_first_order,
     _check_options,
     _intervals,
     _lr_description,
@@ -216,6 +217,7 @@ def fit_population(
         params = jax.tree.map(jnp.array, params)
     dtype = _float_dtype(params)
     tx = _member_optimizer(optimizer, shared, tuple(per_member), dtype)
+    _check_first_order(tx, like)
     if opt_state is None:
         opt_state = _init_states(tx, params)
         if per_member:

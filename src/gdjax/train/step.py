@@ -52,8 +52,13 @@ def make_optimizer(
     Names: ``sgd``, ``momentum`` (heavy ball, ``beta``), ``nesterov`` (``beta``),
     ``rmsprop``, ``adam``, ``adamw`` — optax's implementations, whose equations
     :mod:`gdjax.optim` writes out by hand and tests equal. ``learning_rate`` is
-    required. A ``GradientTransformation`` passes through (no hyper-parameters).
+    required. A ``GradientTransformation`` passes through (no hyper-parameters),
+    and an ``optax.MultiSteps`` gives its ``gradient_transformation()``.
     """
+    if not isinstance(optimizer, optax.GradientTransformation) and callable(
+        getattr(optimizer, "gradient_transformation", None)
+    ):  # optax.MultiSteps: its transformation does the accumulating
+        optimizer = optimizer.gradient_transformation()
     if isinstance(optimizer, optax.GradientTransformation):
         if hyperparams:
             raise ValueError(
