@@ -261,10 +261,10 @@ def _spy_on_blocks(monkeypatch, force_guard=False, fake_not_finite_once=False):
     real = train.epochs._make_epochs
     guards = []
 
-    def spy(model, loss, tx, grad, schedule, count, mesh=None, guard=True, members=False):
+    def spy(model, loss, tx, grad, schedule, count, mesh=None, guard=True, members=False, **kw):
         guard = guard or force_guard
         guards.append(guard)
-        run = real(model, loss, tx, grad, schedule, count, mesh, guard, members)
+        run = real(model, loss, tx, grad, schedule, count, mesh, guard, members, **kw)
         if guard or not fake_not_finite_once or len(guards) > 1:
             return run
 
