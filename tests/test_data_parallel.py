@@ -42,10 +42,10 @@ def run_steps(grad, dtype, mesh=None, steps=4):
     return params, metrics["loss"]
 
 
-def run_fit(dtype, mesh=None, n=N):
+def run_fit(dtype, mesh=None, n=N, model=MODEL):
     x, y, params = problem(dtype)
     return train.fit(
-        MODEL,
+        model,
         LOSS,
         "adam",
         (x[:n], y[:n]),
@@ -94,6 +94,10 @@ for k in t.FIT_DEVICES:
         out[f"fit/{k}/{i}"] = np.asarray(leaf)
     out[f"fit/{k}/step_loss"] = res.history["step_loss"]
     out[f"fit/{k}/test"] = res.history["train_accuracy"]
+# a model given as a function apply(params, x) (autodiff) on the same mesh
+res = t.run_fit(jnp.float64, Mesh(np.asarray(jax.devices()), ("data",)), model=t.MODEL.apply)
+for i, leaf in enumerate(jax.tree.leaves(res.params)):
+    out[f"fit/apply/{i}"] = np.asarray(leaf)
 
 # The step is partitioned: the compiled program all-reduces the gradient sums.
 x, y, params = t.problem(jnp.float32)
@@ -165,6 +169,13 @@ def test_fit_on_4_and_8_devices_equals_the_one_device_fit(eight_devices):
         step_loss = result.history["step_loss"]
         np.testing.assert_allclose(arrays[f"fit/{k}/step_loss"], step_loss, rtol=1e-12)
         np.testing.assert_array_equal(arrays[f"fit/{k}/test"], result.history["train_accuracy"])
+
+
+def test_a_function_model_on_8_devices_equals_its_one_device_fit(eight_devices):
+    arrays, _ = eight_devices
+    result = run_fit(jnp.float64, model=MODEL.apply)
+    for i, leaf in enumerate(jax.tree.leaves(result.params)):
+        np.testing.assert_allclose(arrays[f"fit/apply/{i}"], leaf, rtol=1e-12, atol=1e-14)
 
 
 def test_the_sharded_step_all_reduces_its_gradients(eight_devices):
