@@ -31,6 +31,7 @@ Reproductions:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -167,6 +168,10 @@ def landscape_depth(args: argparse.Namespace, out: Path) -> dict:
     depths = (2, 4) if args.quick else (2, 6, 10)
     steps = 200 if args.quick else 4000
     resolution = 9 if args.quick else 31
+    if args.quick:  # a smoke run: 1 000 examples make every product 4 times cheaper
+        ds = dataclasses.replace(
+            ds, x=ds.x[:1000], y=ds.y[:1000], x_test=ds.x_test[:500], y_test=ds.y_test[:500]
+        )
     epochs = steps * 100 // ds.num_train
     grid = np.linspace(-1.0, 1.0, resolution)
     x64 = jnp.asarray(ds.x, jnp.float64)
