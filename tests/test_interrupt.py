@@ -22,6 +22,21 @@ import pytest
 from gdjax import cli, runs
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# A shell starts background jobs (as CI may run this suite) with SIGINT ignored, and a
+# Python started so keeps ignoring it: the children restore Ctrl-C's KeyboardInterrupt
+# first, then run the script as `python script.py args` would (no fork of this process).
+RUN_WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def _command(script: Path, *args: str) -> list[str]:
+    return [sys.executable, "-c", RUN_WITH_CTRL_C, str(script), *args]
+
+
 TRAIN = [
     "--data", "digits", "--hidden", "256,256", "--epochs", "200", "--batch-size", "8",
     "--checkpoint-every", "2", "--diagnostics-every", "0", "--no-progress",
@@ -32,7 +47,7 @@ def _interrupt(argv: list[str], ready: Path, signum: int) -> tuple[int, str]:
     """Start ``scripts/train.py argv``, send ``signum`` once ``ready`` holds a checkpoint
     of epoch ≥ 4; return the exit status and stderr."""
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *argv],
+        _command(ROOT / "scripts" / "train.py", *argv),
         cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -114,7 +129,7 @@ def test_an_interrupted_landscape_sweep_resumes_to_the_uninterrupted_values(tmp_
 
     def start(out):
         return subprocess.Popen(
-            [sys.executable, script, *args, "--out", str(out)], cwd=ROOT, env=env,
+            _command(Path(script), *args, "--out", str(out)), cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
