@@ -57,7 +57,8 @@ class _CheckpointWriter:
     at most that fraction of the time however short the epochs; ``fit`` asks
     :meth:`ready` and skips the device copy of a checkpoint the writer would
     not start on. ``close`` writes the last snapshot at once, waits for it, and
-    re-raises a write error. The disk always holds the last *completed*
+    re-raises a write error. The writer holds the lock of ``run_dir``
+    (:func:`gdjax.runs.lock`) from its creation to ``close``. The disk always holds the last *completed*
     checkpoint (``save_checkpoint`` is atomic), so a killed process resumes from
     there (at most ``w / BUSY_FRACTION`` plus k epochs behind, about 0.2 s for
     a small model), and resuming from any checkpoint gives the same params bit
@@ -68,6 +69,8 @@ class _CheckpointWriter:
 
     def __init__(self, run_dir: Path, fingerprint: dict[str, Any]) -> None:
         self._run_dir, self._fingerprint = run_dir, fingerprint
+        # held until close: a second process writing this run_dir is told at once
+        self._lock = runs.lock(run_dir)
         self._cond = threading.Condition()
         self._waiting: tuple[int, Any, dict[str, Any]] | None = None
         self._closed = False
@@ -124,7 +127,10 @@ class _CheckpointWriter:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join()
+        try:
+            self._thread.join()
+        finally:
+            self._lock.release()
         self._raise()
 
     def _raise(self) -> None:
