@@ -9,7 +9,6 @@ fingerprint, and then bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import runs
+from gdjax._trees import tree_sha256 as _tree_sha256
 
 
 @jax.jit
@@ -58,10 +58,11 @@ class _CheckpointWriter:
     :meth:`ready` and skips the device copy of a checkpoint the writer would
     not start on. ``close`` writes the last snapshot at once, waits for it, and
     re-raises a write error. The writer holds the lock of ``run_dir``
-    (:func:`gdjax.runs.lock`) from its creation to ``close``. The disk always holds the last *completed*
-    checkpoint (``save_checkpoint`` is atomic), so a killed process resumes from
-    there (at most ``w / BUSY_FRACTION`` plus k epochs behind, about 0.2 s for
-    a small model), and resuming from any checkpoint gives the same params bit
+    (:func:`gdjax.runs.lock`) from its creation to ``close``. The disk always
+    holds the last *completed* checkpoint (``save_checkpoint`` is atomic), so a
+    killed process resumes from there (at most ``w / BUSY_FRACTION`` plus k
+    epochs behind, about 0.2 s for a small model), and resuming from any
+    checkpoint gives the same params bit
     for bit.
     """
 
@@ -137,17 +138,6 @@ class _CheckpointWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-
-
-def _tree_sha256(tree) -> str:
-    h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if runs._is_key_array(leaf):
-            leaf = jax.random.key_data(leaf)
-        arr = np.asarray(jax.device_get(leaf))
-        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
 
 
 def _describe_value(v) -> Any:
