@@ -694,6 +694,20 @@ def pca_directions(trajectory: Sequence[PyTree], k: int = 2) -> PCADirections:
         raise ValueError(f"k: expected at most {rows.shape[1]} (the number of params), got {k}.")
     rel = rows - rows[-1]
     m = rel[:-1]
+    if not np.any(rel):
+        raise ValueError(
+            f"trajectory: expected params that change during training, got {len(trajectory)} "
+            f"recorded params all equal to the final ones: the trajectory never moved, so it "
+            f"has no directions to show (was the learning rate 0, or the same params recorded "
+            f"each time?)."
+        )
+    if not np.any(m - m.mean(axis=0)):
+        raise ValueError(
+            f"trajectory: expected recorded params that differ from one another, got "
+            f"{len(trajectory) - 1} records before the final one that are all equal: their "
+            f"centred differences are 0, so PCA has no directions to show. Record the params "
+            f"more often (e.g. fit's callback_every)."
+        )
     _, s, vt = np.linalg.svd(m - m.mean(axis=0), full_matrices=False)
     vt = vt[:k]
     signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt), axis=1)])
