@@ -413,9 +413,17 @@ def lock(directory: str | os.PathLike, *, name: str = "run_dir") -> DirectoryLoc
             "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),
         }
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        _write_all(fd, (json.dumps(info) + "\n").encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            _write_all(fd, (json.dumps(info) + "\n").encode())
+        except BaseException:  # e.g. a full disk: give the lock back whole
+            try:
+                os.unlink(lock_path)
+            except OSError:
+                pass
+            os.close(fd)
+            raise
         _held[key] = [fd, 1]
     return DirectoryLock(directory, key)
 
