@@ -689,7 +689,14 @@ def pca_directions(trajectory: Sequence[PyTree], k: int = 2) -> PCADirections:
     _check_params("trajectory[-1]", final)
     for t, p in enumerate(trajectory[:-1]):
         _check_like(f"trajectory[{t}]", p, final, "trajectory[-1]")
-    rows = np.stack([np.asarray(jax.device_get(_flat(p)), dtype=np.float64) for p in trajectory])
+    rows = np.stack(  # on the host, in float64: nothing to compile
+        [
+            np.concatenate(
+                [np.ravel(np.asarray(jax.device_get(x), np.float64)) for x in jax.tree.leaves(p)]
+            )
+            for p in trajectory
+        ]
+    )
     if k > rows.shape[1]:
         raise ValueError(f"k: expected at most {rows.shape[1]} (the number of params), got {k}.")
     rel = rows - rows[-1]
