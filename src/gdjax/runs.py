@@ -1,23 +1,36 @@
 """Run directories: everything a training run produced, in files that outlive it.
 
-A run directory holds::
+A run directory holds (format version 2)::
 
-    config.json      everything needed to rerun it: {"model": {...}, **config}
-    params.npz       the final params, bit for bit
-    opt_state.npz    the optimizer state (only when one was saved)
-    history.npz      the recorded history: a dict of arrays, e.g. {"loss": (steps,)}
-    meta.json        versions (gdjax, jax, jaxlib, optax, numpy, python), platform,
-                     devices, creation time, caller extras (e.g. wall time), and the
-                     size and SHA-256 of each .npz file
+    current -> saves/<version>   the link naming the run's committed version (the switch-over)
+    saves/<version>/config.json  everything needed to rerun it: {"model": {...}, **config}
+    saves/<version>/params.npz   the final params, bit for bit
+    saves/<version>/opt_state.npz  the optimizer state (only when one was saved)
+    saves/<version>/history.npz  the recorded history: a dict of arrays, e.g. {"loss": (steps,)}
+    saves/<version>/meta.json    versions (gdjax, jax, jaxlib, optax, numpy, python), platform,
+                                 devices, creation time, caller extras (e.g. wall time), the
+                                 size and SHA-256 of config.json and each .npz file, and the
+                                 SHA-256 of its own contents (manifest_sha256)
+    config.json, params.npz, …   links through ``current``, for readers
+    .gdjax.lock                  while a process writes the directory: who it is
 
-Every file is written atomically: to a uniquely named temporary file in the
+A save is all-or-nothing: the new version is written beside the old one,
+every file fsync'ed, and only then does ``current`` switch to it (one atomic
+rename); the old version is removed after. A save that fails at any byte (a
+full disk, a kill) leaves the previous run loadable and unchanged; the next
+save removes what it left. :func:`load_run` verifies every file against
+meta.json, and meta.json against its own checksum, and refuses a mismatch
+with a message naming the file. Directories of format version 1 (the files
+directly in the directory, meta.json covering the .npz files only) still load.
+
+Single files are written atomically: to a uniquely named temporary file in the
 same directory, flushed and fsync'ed, then renamed over the final name with
 ``os.replace``, so a reader sees the old file or the new one, never a partial
 one, and two processes writing the same file do not collide. Files get the
 mode ``open()`` would give a new file (0o666 less the umask: 0644 under the
-usual umask 022), so others can read a shared results directory.
-``meta.json`` is written last; its checksums let :func:`load_run` detect a
-directory whose save was interrupted between files.
+usual umask 022), so others can read a shared results directory. A directory
+being written is locked (:func:`lock`): a second writer is told which process
+holds it.
 
 The ``.npz`` files (see :func:`save_pytree`) hold plain arrays only and are
 read with ``allow_pickle=False``: loading a run never executes code from it.
@@ -910,11 +923,13 @@ def save_run(
 ) -> Path:
     """Write a run directory (created if missing; existing run files are replaced).
 
-    Files are written in the order config.json, params.npz, opt_state.npz,
-    history.npz, meta.json, each atomically; meta.json, written last, records
-    the size and SHA-256 of every .npz file. Saving again into the same
-    directory (a periodic checkpoint) replaces the files; a stale
-    opt_state.npz is removed when ``opt_state`` is None.
+    The files are written into a new version directory beside the previous
+    one (see the module docstring) and synced, then the ``current`` link is
+    switched to it in one atomic step, then the previous version is removed:
+    a save that fails at any point leaves the previous run loadable and
+    unchanged. meta.json records the size and SHA-256 of config.json and every
+    .npz file, and its own checksum. The directory is locked (:func:`lock`)
+    while it is written.
 
     Args:
       path: the run directory, e.g. from :func:`new_run_dir`.
@@ -1120,7 +1135,8 @@ def load_run(
         ``optimizer.init(params)``; the state is loaded into ``Run.opt_state``.
       optimizer: alternatively, the optax ``GradientTransformation`` used for
         the run; the template is ``jax.eval_shape(optimizer.init, params)``.
-      verify: check the size and SHA-256 of each .npz file against meta.json.
+      verify: check meta.json against its own checksum, and config.json and each
+        .npz file against the size and SHA-256 recorded in meta.json.
 
     Returns:
       A :class:`Run` with the model, params, history, config, meta and,
