@@ -62,7 +62,11 @@ def sweep_status(directory: Path) -> str | None:
     record = directory / "sweep.json"
     if not record.is_file():
         return None
-    state = json.loads(record.read_text())
+    try:
+        state = json.loads(record.read_text())
+        state = {k: int(state.get(k, 0)) for k in ("points_done", "points_total")}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return "record unreadable; the sweep checks its grid.npz"
     done, total = (
         f"{state.get(k, 0):,}".replace(",", " ") for k in ("points_done", "points_total")
     )
@@ -152,10 +156,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(
         args.out or (Path(args.run_dir) / "landscape" if args.run_dir else "results/landscape")
     )
-    if out.exists() and not out.is_dir():
-        print(f"--out: expected a directory, got {out}, which is a file.", file=sys.stderr)
+    try:
+        runs.check_run_dir(out, "--out")
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # held while this process writes out (the sweeps lock their own directories too)
+        held = runs.lock(out, name="--out")
+    except runs.DirectoryInUseError as e:
+        print(e, file=sys.stderr)
+        return 1
+    with held:
+        return _main(args, argv, out, start)
+
+
+def _main(args, argv, out: Path, start: float) -> int:
     command = " ".join(
         ["python", "scripts/landscape.py", *(argv if argv is not None else sys.argv[1:])]
     )
@@ -247,12 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         path_loss = np.array(
             [float(f(jax.tree.map(jnp.asarray, t), ds.x, ds.y)["loss"]) for t in trajectory]
         )
+        buffer = io.BytesIO()
         np.savez(
-            out / "trajectory_projection.npz",
+            buffer,
             coords=coords,
             actual_loss=path_loss,
             explained_variance_ratio=pca.explained_variance_ratio,
         )
+        runs.atomic_write_bytes(out / "trajectory_projection.npz", buffer.getvalue())
         ev = pca.explained_variance_ratio
         save(
             plots.landscape_2d(

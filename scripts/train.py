@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import jax
 
@@ -67,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.float64:
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
-    import numpy as np
 
-    from gdjax import MLP, cli, data, diagnostics, plots, runs, train
+    from gdjax import MLP, cli, data, runs
 
     try:
         hidden = cli.parse_hidden(args.hidden)
@@ -119,7 +117,31 @@ def main(argv: list[str] | None = None) -> int:
     if population:
         config["members"] = len(members)
         config["member_config"] = [{"seed": s, "learning_rate": lr} for s, lr in members]
-    out = Path(args.out) if args.out else runs.new_run_dir("runs", args.data)
+    if args.out:
+        try:
+            out = runs.check_run_dir(args.out, "--out")
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 2
+    else:
+        out = runs.new_run_dir("runs", args.data)
+    try:  # held while this process writes out: a second run into it is told at once
+        held = runs.lock(out, name="--out")
+    except runs.DirectoryInUseError as e:
+        print(e, file=sys.stderr)
+        return 1
+    with held:
+        return _train(args, argv, out, model, ds, loss, lrs, members, starts, config)
+
+
+def _train(args, argv, out, model, ds, loss, lrs, members, starts, config) -> int:
+    """Train into ``out`` (locked by the caller), save the run and its figure."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gdjax import cli, diagnostics, plots, runs, train
+
+    population = len(members) > 1
     print(f"{model}\ndata: {ds}\nrun directory: {out}")
     began = time.perf_counter()
     command = ["python", "scripts/train.py", *(argv if argv is not None else sys.argv[1:])]

@@ -51,7 +51,8 @@ def _write_run(directory):
         params=model.init(jax.random.key(0)),
         history={"loss": np.ones(2)},
     )
-    return sorted(run_dir.iterdir())
+    # the version directory's files, and the links to them (stat follows the link)
+    return sorted(p for p in run_dir.rglob("*") if p.is_file())
 
 
 WRITERS = [

@@ -224,7 +224,15 @@ def test_load_pytree_errors(tmp_path):
 
 def test_run_round_trip(tmp_path, key):
     path, args = _save(tmp_path / "run", key)
-    assert sorted(p.name for p in path.iterdir()) == sorted(runs.RUN_FILES)
+    # the run's files live in one version directory, named by the `current` link; the flat
+    # names are links through it, for readers
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        [*runs.RUN_FILES, runs.CURRENT_LINK, runs.SAVES_DIR]
+    )
+    (version,) = (path / runs.SAVES_DIR).iterdir()
+    assert sorted(p.name for p in version.iterdir()) == sorted(runs.RUN_FILES)
+    for name in runs.RUN_FILES:
+        assert (path / name).read_bytes() == (version / name).read_bytes()
     run = runs.load_run(path)
     assert run.path == path and run.model == args["model"] and run.opt_state is None
     assert_trees_bit_identical(run.params, args["params"])
@@ -245,7 +253,7 @@ def test_config_holds_what_reruns_need(tmp_path, key):
 def test_meta_records_versions_devices_and_files(tmp_path, key):
     path, _ = _save(tmp_path / "run", key)
     meta = json.loads((path / "meta.json").read_text())
-    assert meta["format"] == "gdjax.run" and meta["format_version"] == 1
+    assert meta["format"] == "gdjax.run" and meta["format_version"] == 2
     assert meta["versions"]["gdjax"] == gdjax.__version__
     assert meta["versions"]["jax"] == jax.__version__
     assert meta["versions"]["optax"] == optax.__version__
@@ -256,7 +264,7 @@ def test_meta_records_versions_devices_and_files(tmp_path, key):
     assert meta["x64"] is True
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", meta["created"])
     assert meta["wall_time_s"] == 1.5
-    assert set(meta["files"]) == {"params.npz", "history.npz"}
+    assert set(meta["files"]) == {"config.json", "params.npz", "history.npz"}
 
 
 def test_opt_state_round_trip_via_template_or_optimizer(tmp_path, key):
@@ -316,12 +324,13 @@ def test_missing_directory_or_file_is_named(tmp_path, key):
                        r"config.json, params.npz, history.npz and meta.json"):  # fmt: skip
         runs.load_run(missing)
     path, _ = _save(tmp_path / "run", key)
+    (version,) = (path / runs.SAVES_DIR).iterdir()
     for name in runs.RUN_FILES:
-        data = (path / name).read_bytes()
-        (path / name).unlink()
-        with pytest.raises(FileNotFoundError, match=rf"has no {re.escape(name)}\. A run directory"):
+        data = (version / name).read_bytes()
+        (version / name).unlink()
+        with pytest.raises(FileNotFoundError, match=rf"has no saves/.*/{re.escape(name)}\. A run"):
             runs.load_run(path)
-        (path / name).write_bytes(data)
+        (version / name).write_bytes(data)
     (tmp_path / "file").write_text("")
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         runs.load_run(tmp_path / "file")

@@ -123,7 +123,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import io
 import json
 import math
@@ -149,13 +148,16 @@ from gdjax._checks import (
     shape_of,
 )
 from gdjax._chunks import check_data_chunk, chunked_mean
+from gdjax._trees import tree_sha256 as _hash
 from gdjax.backprop import check_batch
 from gdjax.losses import Loss
 from gdjax.metrics import accuracy as _accuracy
 from gdjax.mlp import MLP
 from gdjax.models import ApplyModel, as_loss, as_model
 from gdjax.models import check_batch as check_model_batch
-from gdjax.runs import atomic_write_bytes, atomic_write_json
+from gdjax.runs import _remove_leftovers, atomic_write_bytes, atomic_write_json, check_run_dir
+from gdjax.runs import lock as _lock
+from gdjax.train.step import _put
 
 __all__ = [
     "NORMS",
@@ -272,6 +274,32 @@ def _check_axis(name: str, values) -> np.ndarray:
             f"{arr[:5].tolist()}{' …' if arr.size > 5 else ''}."
         )
     return arr
+
+
+_HOST_BYTES_PER_POINT_AXIS = 24  # float64 coefficients: the meshgrid, the stacked copy, a block
+_HOST_BYTES_PER_POINT = 8 + 8 + 1  # a float64 value, a pending index, the done flag
+
+
+def _host_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_grid_memory(axes: list[np.ndarray]) -> None:
+    """Refuse a grid whose host arrays alone would not fit in this machine's memory."""
+    n_points = math.prod(a.size for a in axes)
+    need = n_points * (_HOST_BYTES_PER_POINT + _HOST_BYTES_PER_POINT_AXIS * len(axes))
+    have = _host_memory()
+    if have is not None and need > have:
+        names = ", ".join(("alphas", "betas")[: len(axes)])
+        sizes = " × ".join(f"{a.size:,}" for a in axes)
+        raise ValueError(
+            f"{names}: expected a grid whose coefficients, values and done mask fit in host "
+            f"memory, got {sizes} = {n_points:,} points, which need about {need / 1e9:,.1f} GB "
+            f"(this machine has {have / 1e9:,.1f} GB). Use fewer grid values."
+        )
 
 
 def _check_norm(norm: str) -> None:
@@ -661,11 +689,32 @@ def pca_directions(trajectory: Sequence[PyTree], k: int = 2) -> PCADirections:
     _check_params("trajectory[-1]", final)
     for t, p in enumerate(trajectory[:-1]):
         _check_like(f"trajectory[{t}]", p, final, "trajectory[-1]")
-    rows = np.stack([np.asarray(jax.device_get(_flat(p)), dtype=np.float64) for p in trajectory])
+    rows = np.stack(  # on the host, in float64: nothing to compile
+        [
+            np.concatenate(
+                [np.ravel(np.asarray(jax.device_get(x), np.float64)) for x in jax.tree.leaves(p)]
+            )
+            for p in trajectory
+        ]
+    )
     if k > rows.shape[1]:
         raise ValueError(f"k: expected at most {rows.shape[1]} (the number of params), got {k}.")
     rel = rows - rows[-1]
     m = rel[:-1]
+    if not np.any(rel):
+        raise ValueError(
+            f"trajectory: expected params that change during training, got {len(trajectory)} "
+            f"recorded params all equal to the final ones: the trajectory never moved, so it "
+            f"has no directions to show (was the learning rate 0, or the same params recorded "
+            f"each time?)."
+        )
+    if not np.any(m - m.mean(axis=0)):
+        raise ValueError(
+            f"trajectory: expected recorded params that differ from one another, got "
+            f"{len(trajectory) - 1} records before the final one that are all equal: their "
+            f"centred differences are 0, so PCA has no directions to show. Record the params "
+            f"more often (e.g. fit's callback_every)."
+        )
     _, s, vt = np.linalg.svd(m - m.mean(axis=0), full_matrices=False)
     vt = vt[:k]
     signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt), axis=1)])
@@ -1189,16 +1238,6 @@ def _eval_chunk(f, mesh: Mesh, width: int, data_chunk: int | None, params, dirs,
     )(params, dirs, coeffs, args)
 
 
-def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
-    """Place host copies of the leaves of ``tree`` with ``sharding`` (multi-process safe)."""
-
-    def one(x):
-        arr = np.asarray(jax.device_get(x))
-        return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
-
-    return jax.tree.map(one, tree)
-
-
 def _to_host(x: jax.Array) -> np.ndarray:
     if x.is_fully_addressable:
         return np.asarray(x)
@@ -1227,15 +1266,6 @@ def _output_spec(f: Callable, params: PyTree, args: tuple) -> dict[str, np.dtype
             )
         return {k: check(f"[{k!r}] ", out[k]) for k in sorted(out)}
     return check("", out)
-
-
-def _hash(tree: PyTree) -> str:
-    h = hashlib.sha256()
-    for path, leaf in _paths(tree):
-        arr = np.asarray(jax.device_get(leaf))
-        h.update(f"{path}|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
 
 
 def _sweep(
@@ -1275,6 +1305,12 @@ def _sweep(
         )
     data_chunk = check_data_chunk(data_chunk, args)
     check_finite_args(args)
+    out_dir = None if out is None else check_run_dir(out, "out")
+    if isinstance(f, MLPLoss):  # labels against the output width, as calling f would
+        check_batch(f.model, f.loss, params, *args)
+    elif isinstance(f, ModelLoss):
+        check_model_batch(f.model, f.loss, params, *args, finite_params=False)
+    _check_grid_memory(axes)
     spec = _output_spec(f, params, args)
     names = list(spec) if isinstance(spec, dict) else [None]
     dtypes = spec if isinstance(spec, dict) else {None: spec}
@@ -1298,13 +1334,30 @@ def _sweep(
         "data_chunk": data_chunk,
     }
 
-    # ---- resume: the stored state, if any
-    out_dir = Path(out) if out is not None else None
+    # ---- resume: the stored state, if any (the directory locked while this process writes it)
+    writer = out_dir is not None and jax.process_index() == 0
+    held = _lock(out_dir, name="out") if writer else None
+    try:
+        return _run_sweep(
+            f, params, dirs, axes, args, config, names, dtypes, shape, n_points, out_dir,
+            writer, kind=kind, chunk_size=chunk_size, vmap_width=vmap_width,
+            data_chunk=data_chunk, max_chunks=max_chunks, progress=progress, callback=callback,
+        )  # fmt: skip
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _run_sweep(
+    f, params, dirs, axes, args, config, names, dtypes, shape, n_points, out_dir, writer, *,
+    kind, chunk_size, vmap_width, data_chunk, max_chunks, progress, callback,
+) -> Values:  # fmt: skip
+    """The sweep after its checks (see :func:`_sweep`)."""
     values = {name: np.full(n_points, np.nan, dtypes[name]) for name in names}
     done = np.zeros(n_points, bool)
     calls: list[dict[str, Any]] = []
     if out_dir is not None and (out_dir / GRID_FILE).is_file():
-        stored, done, values = _load_state(out_dir, names)
+        stored, done, values, stored_calls = _load_state(out_dir, names)
         if vmap_width is None:
             config["vmap_width"] = stored.get("vmap_width")
         diff = [
@@ -1318,7 +1371,7 @@ def _sweep(
                 f"(differs in: {', '.join(diff)}). Use another directory, or delete "
                 f"{out_dir / GRID_FILE} to start over."
             )
-        calls = _read_calls(out_dir)
+        calls = stored_calls
     if isinstance(f, MLPLoss):  # the same sweep, with x w^1ᵀ and x D_iᵀ computed once
         f, params, dirs, args = _reduce_mlp(f, params, dirs, args)
     if config["vmap_width"] is None:
@@ -1341,7 +1394,6 @@ def _sweep(
     if max_chunks is not None:
         chunks = chunks[:max_chunks]
 
-    writer = out_dir is not None and jax.process_index() == 0
     call = {
         "points_computed": 0,
         "chunks": 0,
@@ -1351,10 +1403,7 @@ def _sweep(
     }
     calls.append(call)
     if writer:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (GRID_FILE, META_FILE):  # left by a process killed while writing
-            for stale in out_dir.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        _remove_leftovers(out_dir)  # temporary files of a process killed while writing
         _save_state(out_dir, config, axes, done, values, calls, n_points)
 
     if chunks:
@@ -1412,6 +1461,7 @@ def _save_state(out_dir, config, axes, done, values, calls, n_points) -> None:
         }
     )
     arrays.update({_value_key(name): v.reshape(shape) for name, v in values.items()})
+    arrays["calls"] = np.array(json.dumps(calls, sort_keys=True))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(out_dir / GRID_FILE, buf.getvalue())
@@ -1428,10 +1478,11 @@ def _save_state(out_dir, config, axes, done, values, calls, n_points) -> None:
     )
 
 
-def _load_state(out_dir: Path, names: list) -> tuple[dict, np.ndarray, dict]:
+def _load_state(out_dir: Path, names: list) -> tuple[dict, np.ndarray, dict, list]:
+    """The stored config, ``done`` mask, values and call log of the sweep in ``out_dir``."""
     path = out_dir / GRID_FILE
-    try:
-        with np.load(path, allow_pickle=False) as npz:
+    try:  # our own handle: np.load leaks its file when the zip is unreadable
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             stored = json.loads(str(npz["config"][()]))
             done = np.asarray(npz["done"]).ravel()
             values = {
@@ -1439,14 +1490,21 @@ def _load_state(out_dir: Path, names: list) -> tuple[dict, np.ndarray, dict]:
                 for name in names
                 if _value_key(name) in npz.files
             }
-    except (OSError, ValueError, KeyError) as e:
+            calls = json.loads(str(npz["calls"][()])) if "calls" in npz.files else None
+        if not isinstance(stored, dict) or done.dtype != bool:
+            raise ValueError("unexpected contents")
+        if any(v.shape != done.shape for v in values.values()):
+            raise ValueError("values and done mask of different sizes")
+    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, KeyError, JSON, …
         raise ValueError(
-            f"out: expected {path} to be a sweep written by gdjax.landscape, got an unreadable "
-            f"file ({e}). Delete it to start over."
+            f"out: expected {path} to be a sweep written by gdjax.landscape, got a file that "
+            f"is truncated or corrupted ({type(e).__name__}: {e}). Delete it to start over."
         ) from None
+    if calls is None:  # written before grid.npz held the call log
+        calls = _read_calls(out_dir)
     if len(values) != len(names):
         values = {}  # output names differ: the config comparison reports it
-    return stored, done, values
+    return stored, done, values, list(calls)
 
 
 def _read_calls(out_dir: Path) -> list[dict[str, Any]]:

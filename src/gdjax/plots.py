@@ -44,6 +44,18 @@ def training_curves(history: Mapping[str, np.ndarray], *, title: str | None = No
     member axis) shows each curve as its median over the members, a band from
     the 10th to the 90th percentile, and every member faint.
     """
+    if not isinstance(history, Mapping):
+        raise TypeError(
+            f"history: expected a dict of arrays from gdjax.train.fit (FitResult.history), "
+            f"got {type(history).__name__}."
+        )
+    missing = [k for k in ("epoch", "loss") if k not in history]
+    if missing:
+        raise ValueError(
+            f"history: expected a history from gdjax.train.fit, with 'epoch' and 'loss' "
+            f"arrays, got {'an empty dict' if not history else f'keys {sorted(history)}'} "
+            f"(missing {', '.join(map(repr, missing))})."
+        )
     members = np.ndim(history["loss"]) == 2
     panels = ["loss"]
     if "train_accuracy" in history:
@@ -131,7 +143,31 @@ def _plot_evaluations(ax, history: Mapping[str, np.ndarray], metric: str) -> Non
 
 
 def _values(values, name: str = "loss") -> np.ndarray:
+    if isinstance(values, Mapping) and name not in values:
+        raise ValueError(
+            f"values: expected an array or a dict with a {name!r} entry (as the sweeps "
+            f"return), got keys {sorted(values)}."
+        )
     return np.asarray(values[name] if isinstance(values, Mapping) else values)
+
+
+def _grid_values(values, *axes: tuple[str, np.ndarray]) -> np.ndarray:
+    """``values`` (and each entry of a dict of them) checked to have the grid's shape."""
+    want = tuple(np.size(a) for _, a in axes)
+    for name, a in axes:
+        if np.ndim(a) != 1:
+            raise ValueError(f"{name}: expected a 1-D array of grid values, got shape "
+                             f"{np.shape(a)}.")  # fmt: skip
+    entries = values.items() if isinstance(values, Mapping) else [(None, values)]
+    for key, v in entries:
+        if np.shape(v) != want:
+            where = "values" if key is None else f"values[{key!r}]"
+            grid = " × ".join(f"len({name}) = {np.size(a)}" for name, a in axes)
+            raise ValueError(
+                f"{where}: expected shape {want}, one value per grid point ({grid}), got "
+                f"shape {np.shape(v)}."
+            )
+    return _values(values)
 
 
 def landscape_1d(
@@ -142,9 +178,10 @@ def landscape_1d(
     ``values`` is an array, or a dict with ``"loss"`` (and ``"accuracy"``) as
     returned by :func:`gdjax.landscape.sweep_1d`.
     """
+    loss = _grid_values(values, ("alphas", alphas))
     fig = Figure(figsize=(4.8, 3.4), layout="constrained")
     ax = fig.subplots()
-    ax.plot(alphas, _values(values), color="C0", lw=1.6, label="loss")
+    ax.plot(alphas, loss, color="C0", lw=1.6, label="loss")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("cost C", color="C0")
     ax.grid(alpha=0.3)
@@ -184,7 +221,7 @@ def landscape_2d(
     coloured by ``trajectory_loss``, the *actual* cost at each recorded point, so
     the figure never suggests that the path lies on the plotted surface.
     """
-    z = _values(values).T  # contour wants (len(betas), len(alphas))
+    z = _grid_values(values, ("alphas", alphas), ("betas", betas)).T  # contour: (betas, alphas)
     fig = Figure(figsize=(5.4, 4.2), layout="constrained")
     ax = fig.subplots()
     lv = _log_levels(z, levels) if log_levels and np.any(z > 0) else levels
@@ -230,13 +267,22 @@ def landscape_2d(
     return fig
 
 
+SURFACE_TICKS = 5
+"""At most this many ticks on each axis of a 3-D surface, so their labels do not overlap."""
+
+
 def _surface(ax, alphas, betas, z, log: bool) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     a, b = np.meshgrid(alphas, betas, indexing="ij")
     shown = np.log10(np.maximum(z, np.finfo(float).tiny)) if log else z
     ax.plot_surface(a, b, shown, cmap="viridis", linewidth=0, antialiased=True)
-    ax.set_xlabel(r"$\alpha$")
-    ax.set_ylabel(r"$\beta$")
-    ax.set_zlabel(r"$\log_{10} C$" if log else "C")
+    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        axis.set_major_locator(MaxNLocator(SURFACE_TICKS))
+    ax.tick_params(labelsize=7, pad=0)
+    ax.set_xlabel(r"$\alpha$", labelpad=2)
+    ax.set_ylabel(r"$\beta$", labelpad=2)
+    ax.set_zlabel(r"$\log_{10} C$" if log else "C", labelpad=2)
 
 
 def landscape_surface(
@@ -245,7 +291,7 @@ def landscape_surface(
     """The 3-D surface C(θ + α d1 + β d2) (``log=True`` plots log₁₀ C)."""
     fig = Figure(figsize=(5.2, 4.4), layout="constrained")
     ax = fig.add_subplot(projection="3d")
-    _surface(ax, alphas, betas, _values(values), log)
+    _surface(ax, alphas, betas, _grid_values(values, ("alphas", alphas), ("betas", betas)), log)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
@@ -265,8 +311,9 @@ def convex_vs_nonconvex(
     for i, ((alphas, betas, values), title) in enumerate(
         zip((convex, nonconvex), titles, strict=True)
     ):
+        z = _grid_values(values, ("alphas", alphas), ("betas", betas))
         ax = fig.add_subplot(1, 2, i + 1, projection="3d")
-        _surface(ax, alphas, betas, _values(values), log=False)
+        _surface(ax, alphas, betas, z, log=False)
         ax.set_title(title, fontsize=10)
     return fig
 

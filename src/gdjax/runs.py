@@ -1,23 +1,36 @@
 """Run directories: everything a training run produced, in files that outlive it.
 
-A run directory holds::
+A run directory holds (format version 2)::
 
-    config.json      everything needed to rerun it: {"model": {...}, **config}
-    params.npz       the final params, bit for bit
-    opt_state.npz    the optimizer state (only when one was saved)
-    history.npz      the recorded history: a dict of arrays, e.g. {"loss": (steps,)}
-    meta.json        versions (gdjax, jax, jaxlib, optax, numpy, python), platform,
-                     devices, creation time, caller extras (e.g. wall time), and the
-                     size and SHA-256 of each .npz file
+    current -> saves/<version>   the link naming the run's committed version (the switch-over)
+    saves/<version>/config.json  everything needed to rerun it: {"model": {...}, **config}
+    saves/<version>/params.npz   the final params, bit for bit
+    saves/<version>/opt_state.npz  the optimizer state (only when one was saved)
+    saves/<version>/history.npz  the recorded history: a dict of arrays, e.g. {"loss": (steps,)}
+    saves/<version>/meta.json    versions (gdjax, jax, jaxlib, optax, numpy, python), platform,
+                                 devices, creation time, caller extras (e.g. wall time), the
+                                 size and SHA-256 of config.json and each .npz file, and the
+                                 SHA-256 of its own contents (manifest_sha256)
+    config.json, params.npz, …   links through ``current``, for readers
+    .gdjax.lock                  while a process writes the directory: who it is
 
-Every file is written atomically: to a uniquely named temporary file in the
+A save is all-or-nothing: the new version is written beside the old one,
+every file fsync'ed, and only then does ``current`` switch to it (one atomic
+rename); the old version is removed after. A save that fails at any byte (a
+full disk, a kill) leaves the previous run loadable and unchanged; the next
+save removes what it left. :func:`load_run` verifies every file against
+meta.json, and meta.json against its own checksum, and refuses a mismatch
+with a message naming the file. Directories of format version 1 (the files
+directly in the directory, meta.json covering the .npz files only) still load.
+
+Single files are written atomically: to a uniquely named temporary file in the
 same directory, flushed and fsync'ed, then renamed over the final name with
 ``os.replace``, so a reader sees the old file or the new one, never a partial
 one, and two processes writing the same file do not collide. Files get the
 mode ``open()`` would give a new file (0o666 less the umask: 0644 under the
-usual umask 022), so others can read a shared results directory.
-``meta.json`` is written last; its checksums let :func:`load_run` detect a
-directory whose save was interrupted between files.
+usual umask 022), so others can read a shared results directory. A directory
+being written is locked (:func:`lock`): a second writer is told which process
+holds it.
 
 The ``.npz`` files (see :func:`save_pytree`) hold plain arrays only and are
 read with ``allow_pickle=False``: loading a run never executes code from it.
@@ -41,6 +54,7 @@ import re
 import secrets
 import shutil
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -69,13 +83,19 @@ __all__ = [
     "Checkpoint",
     "save_checkpoint",
     "load_checkpoint",
+    "check_run_dir",
+    "lock",
+    "DirectoryLock",
+    "DirectoryInUseError",
+    "LOCK_FILE",
 ]
 
 PyTree = Any
 
 FORMAT = "gdjax.run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PYTREE_FORMAT = "gdjax.pytree"
+PYTREE_VERSION = 1
 
 CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
@@ -84,7 +104,13 @@ OPT_STATE_FILE = "opt_state.npz"
 HISTORY_FILE = "history.npz"
 
 RUN_FILES = (CONFIG_FILE, PARAMS_FILE, HISTORY_FILE, META_FILE)
-"""The files every run directory must contain (``opt_state.npz`` is optional)."""
+"""The files every run must contain (``opt_state.npz`` is optional)."""
+
+CURRENT_LINK = "current"
+"""The link naming the run's committed version directory (format version 2)."""
+SAVES_DIR = "saves"
+"""The directory of version directories (format version 2)."""
+_VERSIONED_FILES = (CONFIG_FILE, PARAMS_FILE, OPT_STATE_FILE, HISTORY_FILE)
 
 _RUN_CONTENTS = (
     "A run directory, as written by gdjax.runs.save_run, contains config.json, params.npz, "
@@ -135,10 +161,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise ValueError(f"data: expected bytes, got {type(data).__name__}.")
     fd, tmp = _create_temporary(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -148,6 +175,52 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write every byte of ``data`` to ``fd`` with ``os.write`` (a full disk raises OSError)."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to the new file ``path`` (which must not exist) and fsync it.
+
+    For files inside a directory no reader looks at yet (a save's new version
+    directory): no temporary name is needed there.
+    """
+    fd = os.open(path, _TEMPORARY_FLAGS, 0o666)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_LEFTOVER_RE = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
+"""The names :func:`_create_temporary` gives: a killed writer leaves such files behind."""
+
+
+def _remove_leftovers(directory: Path) -> list[Path]:
+    """Remove the temporary files of writers killed in ``directory``; return them.
+
+    Only call while holding the directory's :func:`lock`, so that no live
+    writer's temporary file is taken.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if _LEFTOVER_RE.match(entry.name) and not entry.is_dir(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(Path(entry.path))
+    return removed
 
 
 _TEMPORARY_FLAGS = (
@@ -184,6 +257,230 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- paths and locks
+
+
+def check_run_dir(path: Any, name: str = "run_dir") -> Path:
+    """``path`` as a :class:`~pathlib.Path`, checked to be usable as a directory to write.
+
+    Creates nothing. ``path`` may not exist yet; where it exists it must be a
+    directory, and its nearest existing ancestor must be a directory too (so
+    ``mkdir(parents=True)`` cannot fail on a file in the way).
+
+    Raises:
+      TypeError: ``path`` is not a ``str`` or ``os.PathLike``.
+      ValueError: ``path`` or one of its ancestors is an existing file.
+
+    >>> check_run_dir(3)
+    Traceback (most recent call last):
+    ...
+    TypeError: run_dir: expected a directory path (str or os.PathLike), got int 3.
+    """
+    if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"{name}: expected a directory path (str or os.PathLike), got "
+            f"{type(path).__name__} {path!r}."
+        )
+    path = Path(path)
+    if os.fspath(path) == "":
+        raise ValueError(f"{name}: expected a directory path, got an empty string.")
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is" if candidate == path else f"is inside {candidate}, which is"
+                raise ValueError(
+                    f"{name}: expected a directory (new or existing), got {path}, which "
+                    f"{where} a file. Pass a directory path."
+                )
+            break
+    return path
+
+
+LOCK_FILE = ".gdjax.lock"
+"""The lock file of a directory being written: it names the process that holds it."""
+
+
+class DirectoryInUseError(RuntimeError):
+    """Another process holds the lock of the directory that was to be written."""
+
+
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - Windows: O_EXCL lock files with a pid check
+    _fcntl = None
+
+_held: dict[str, list] = {}  # realpath -> [fd, count]: reentrant within one process
+_held_guard = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def _read_holder(lock_path: Path) -> dict[str, Any]:
+    try:
+        holder = json.loads(lock_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _holder_text(holder: Mapping[str, Any]) -> str:
+    if not holder:
+        return "another process"
+    text = f"process {holder.get('pid')} on host {holder.get('host')!r}"
+    if holder.get("since"):
+        text += f" (since {holder['since']}"
+        text += f": {holder['command']})" if holder.get("command") else ")"
+    return text
+
+
+class DirectoryLock:
+    """The lock of a directory while this process writes it; see :func:`lock`.
+
+    Use as a context manager, or call :meth:`release` once done. Reentrant
+    within a process: a script that holds its run directory can call
+    :func:`save_run` and :func:`gdjax.train.fit` on it, which lock it again.
+    """
+
+    def __init__(self, directory: Path, key: str) -> None:
+        self.directory, self._key = directory, key
+        self._released = False
+
+    @property
+    def path(self) -> Path:
+        return self.directory / LOCK_FILE
+
+    def release(self) -> None:
+        """Release this hold; the lock file goes when the process's last hold is released."""
+        with _held_guard:
+            if self._released:
+                return
+            self._released = True
+            entry = _held.get(self._key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _held[self._key]
+            try:
+                os.unlink(self.path)  # still holding it: a waiter re-checks the inode
+            except OSError:
+                pass
+            os.close(entry[0])
+
+    def __enter__(self) -> DirectoryLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lock(directory: str | os.PathLike, *, name: str = "run_dir") -> DirectoryLock:
+    """Take the write lock of ``directory`` (created if missing) for this process.
+
+    The lock is the file ``directory/.gdjax.lock``, which names the process
+    holding it (pid, host, start time, command line) and is locked with
+    ``flock``; it is removed on release. A second process asking for it gets a
+    :class:`DirectoryInUseError` naming the holder. A lock file left by a
+    process that died (killed, or its machine rebooted) holds no ``flock``
+    any more and is taken over. The same process may take the lock again
+    (it is counted), e.g. ``save_run`` inside a script that holds its run
+    directory. ``flock`` works on local file systems and NFSv4; on systems
+    without ``fcntl`` (Windows) the file is created exclusively and a lock of
+    a pid no longer alive on this host is taken over.
+
+    Args:
+      directory: the directory to write.
+      name: the argument name to use in error messages.
+
+    Returns:
+      A :class:`DirectoryLock`, to release (or use as a context manager).
+
+    Raises:
+      DirectoryInUseError: another live process holds the lock.
+    """
+    directory = check_run_dir(directory, name)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(directory)
+    lock_path = directory / LOCK_FILE
+    with _held_guard:
+        if key in _held:
+            _held[key][1] += 1
+            return DirectoryLock(directory, key)
+        fd = _acquire(lock_path, name)
+        info = {
+            "pid": os.getpid(),
+            "host": platform.node(),
+            "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        }
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            _write_all(fd, (json.dumps(info) + "\n").encode())
+        except BaseException:  # e.g. a full disk: give the lock back whole
+            try:
+                os.unlink(lock_path)
+            except OSError:
+                pass
+            os.close(fd)
+            raise
+        _held[key] = [fd, 1]
+    return DirectoryLock(directory, key)
+
+
+def _in_use(lock_path: Path, name: str, holder: Mapping[str, Any]) -> DirectoryInUseError:
+    return DirectoryInUseError(
+        f"{name}: {lock_path.parent} is in use: {_holder_text(holder)} is writing it. Wait "
+        f"for it to finish, or use another directory. (If that process is gone, delete "
+        f"{lock_path}.)"
+    )
+
+
+def _acquire(lock_path: Path, name: str) -> int:
+    """An fd holding the lock of ``lock_path``'s directory (see :func:`lock`)."""
+    for _ in range(100):
+        if _fcntl is None:  # pragma: no cover - Windows
+            try:
+                return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                holder = _read_holder(lock_path)
+                stale = holder.get("host") == platform.node() and not _pid_alive(
+                    int(holder.get("pid", -1))
+                )
+                if not stale:
+                    raise _in_use(lock_path, name, holder) from None
+                lock_path.unlink(missing_ok=True)
+                continue
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _in_use(lock_path, name, _read_holder(lock_path)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the holder may have removed the file between our open and our flock
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+    raise DirectoryInUseError(f"{name}: could not take the lock {lock_path} after 100 tries.")
 
 
 def _to_json(obj: Any) -> Any:
@@ -226,9 +523,48 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: expected a JSON file, got invalid JSON ({e}).") from None
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path}: expected a JSON file, got invalid JSON ({e}): the file is truncated or "
+            f"corrupted."
+        ) from None
+
+
+_SELF_SHA256 = "manifest_sha256"
+"""The key of a manifest holding the SHA-256 of its own canonical contents."""
+
+
+def _canonical_sha256(obj: Mapping[str, Any]) -> str:
+    """SHA-256 of ``obj`` without its ``manifest_sha256`` key, as compact key-sorted JSON."""
+    body = {k: v for k, v in obj.items() if k != _SELF_SHA256}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sealed(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` as JSON values, with ``manifest_sha256``: the hash of its own contents."""
+    plain = json.loads(_dumps("manifest", dict(obj)))
+    return {**plain, _SELF_SHA256: _canonical_sha256(plain)}
+
+
+def _check_sealed(path: Path, obj: Any, required: bool) -> None:
+    """Refuse a manifest whose contents no longer match its ``manifest_sha256``."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}.")
+    if _SELF_SHA256 not in obj:
+        if required:
+            raise ValueError(
+                f"{path}: expected a '{_SELF_SHA256}' entry (the checksum of the file's own "
+                f"contents), got none: the file was edited or replaced."
+            )
+        return  # written before manifests carried their own checksum
+    if obj[_SELF_SHA256] != _canonical_sha256(obj):
+        raise ValueError(
+            f"{path}: expected contents matching the checksum recorded in it "
+            f"('{_SELF_SHA256}'), got different contents: the file was edited or corrupted. "
+            f"Nothing was loaded."
+        )
 
 
 # ---------------------------------------------------------------- models
@@ -368,12 +704,19 @@ def _pytree_bytes(tree: PyTree) -> bytes:
             entry["prng_impl"] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
         arr = np.asarray(leaf)
+        if arr.dtype.kind in "OUS" or arr.dtype.type is np.void:  # ml_dtypes: kind V, not void
+            raise ValueError(
+                f"tree: expected numeric or boolean array leaves (a .npz holds arrays only, "
+                f"read without pickle), got leaf {entry['path'] or '(root)'} of type "
+                f"{type(leaf).__name__} with dtype {arr.dtype}. Keep strings and other "
+                f"objects in a JSON config instead."
+            )
         entry.update(dtype=arr.dtype.name, shape=list(arr.shape), sha256=_array_sha256(arr))
         arrays[f"leaf_{i}"] = arr
         leaves_meta.append(entry)
     header = {
         "format": PYTREE_FORMAT,
-        "version": FORMAT_VERSION,
+        "version": PYTREE_VERSION,
         "structure": structure,
         "opaque_node": opaque,
         "leaves": leaves_meta,
@@ -580,11 +923,13 @@ def save_run(
 ) -> Path:
     """Write a run directory (created if missing; existing run files are replaced).
 
-    Files are written in the order config.json, params.npz, opt_state.npz,
-    history.npz, meta.json, each atomically; meta.json, written last, records
-    the size and SHA-256 of every .npz file. Saving again into the same
-    directory (a periodic checkpoint) replaces the files; a stale
-    opt_state.npz is removed when ``opt_state`` is None.
+    The files are written into a new version directory beside the previous
+    one (see the module docstring) and synced, then the ``current`` link is
+    switched to it in one atomic step, then the previous version is removed:
+    a save that fails at any point leaves the previous run loadable and
+    unchanged. meta.json records the size and SHA-256 of config.json and every
+    .npz file, and its own checksum. The directory is locked (:func:`lock`)
+    while it is written.
 
     Args:
       path: the run directory, e.g. from :func:`new_run_dir`.
@@ -614,7 +959,7 @@ def save_run(
       ...     run.model == model, run.config["loss"], run.history["loss"].tolist()
       (True, 'mse', [0.5, 0.25])
     """
-    path = Path(path)
+    path = check_run_dir(path, "path")
     model_dict = model_to_dict(model)  # fails on a custom activation before anything is written
     if not isinstance(config, Mapping):
         raise ValueError(f"config: expected a dict, got {type(config).__name__}.")
@@ -651,27 +996,113 @@ def save_run(
     config_bytes = _dumps("config", {**config, "model": model_dict})
     _dumps("meta_extra", meta_extra)
 
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path / CONFIG_FILE, config_bytes)
-    files = [PARAMS_FILE, HISTORY_FILE]
-    save_pytree(path / PARAMS_FILE, params)
+    contents = {CONFIG_FILE: config_bytes, PARAMS_FILE: _pytree_bytes(params)}
     if opt_state is not None:
-        save_pytree(path / OPT_STATE_FILE, opt_state)
-        files.insert(1, OPT_STATE_FILE)
-    else:
-        (path / OPT_STATE_FILE).unlink(missing_ok=True)
-    save_pytree(path / HISTORY_FILE, history)
+        contents[OPT_STATE_FILE] = _pytree_bytes(opt_state)
+    contents[HISTORY_FILE] = _pytree_bytes(history)
 
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        **_environment(),
-        "files": {name: _file_record(path / name) for name in files},
-    }
-    assert set(meta) == set(_META_KEYS)
-    atomic_write_json(path / META_FILE, {**meta, **meta_extra})
+    with lock(path, name="path"):
+        _remove_leftovers(path)
+        saves = path / SAVES_DIR
+        saves.mkdir(exist_ok=True)
+        current = _current_version(path)
+        for old in saves.iterdir():  # half-written versions of killed saves
+            if old.name != current and old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
+        version = saves / f"{stamp}-{secrets.token_hex(4)}"
+        version.mkdir()
+        try:
+            for name, data in contents.items():
+                _write_new(version / name, data)
+            meta = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                **_environment(),
+                "files": {
+                    name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                    for name, data in contents.items()
+                },
+            }
+            assert set(meta) == set(_META_KEYS)
+            _write_new(version / META_FILE, _dumps("meta", _sealed({**meta, **meta_extra})))
+            _fsync_dir(version)
+            _fsync_dir(saves)
+            _point(path / CURRENT_LINK, f"{SAVES_DIR}/{version.name}")  # the switch-over
+        except BaseException:
+            if _current_version(path) != version.name:
+                shutil.rmtree(version, ignore_errors=True)
+            raise
+        _link_flat_names(path, contents)
+        for old in saves.iterdir():
+            if old != version and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _point(link: Path, target: str) -> None:
+    """Make ``link`` name ``target`` in one atomic step (a symlink, else a small file)."""
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        try:
+            os.symlink(target, tmp)
+        except (OSError, NotImplementedError):  # no symlinks here: a pointer file
+            fd = os.open(tmp, _TEMPORARY_FLAGS, 0o666)
+            try:
+                _write_all(fd, target.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, link)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(link.parent)
+
+
+def _current_version(path: Path) -> str | None:
+    """The name of the version directory ``path/current`` points to, or None."""
+    link = path / CURRENT_LINK
+    if link.is_symlink():
+        target = os.readlink(link)
+    elif link.is_file():
+        target = link.read_text().strip()
+    else:
+        return None
+    parts = Path(target).parts
+    if len(parts) != 2 or parts[0] != SAVES_DIR or parts[1] in ("..", "."):
+        raise ValueError(
+            f"{link}: expected a link to {SAVES_DIR}/<version> (written by save_run), got "
+            f"{target!r}: the file was edited or corrupted."
+        )
+    return parts[1]
+
+
+def _link_flat_names(path: Path, contents: Mapping[str, bytes]) -> None:
+    """``path/config.json`` etc. as links through ``current``, for readers of the directory."""
+    for name in (*_VERSIONED_FILES, META_FILE):
+        flat = path / name
+        if name != META_FILE and name not in contents:
+            if flat.is_symlink() or flat.is_file():
+                flat.unlink()
+            continue
+        target = f"{CURRENT_LINK}/{name}"
+        if flat.is_symlink() and os.readlink(flat) == target:
+            continue
+        if flat.is_dir() and not flat.is_symlink():
+            continue
+        tmp = path / f".{name}.{secrets.token_hex(8)}.tmp"
+        try:
+            os.symlink(target, tmp)
+        except (OSError, NotImplementedError):  # no symlinks: the files stay in the version
+            if flat.is_file() and not flat.is_symlink():
+                flat.unlink()  # an older layout's file, no longer the run's
+            continue
+        os.replace(tmp, flat)
 
 
 def _check_params(model: MLP, params: PyTree, members: int | None) -> None:
@@ -704,7 +1135,8 @@ def load_run(
         ``optimizer.init(params)``; the state is loaded into ``Run.opt_state``.
       optimizer: alternatively, the optax ``GradientTransformation`` used for
         the run; the template is ``jax.eval_shape(optimizer.init, params)``.
-      verify: check the size and SHA-256 of each .npz file against meta.json.
+      verify: check meta.json against its own checksum, and config.json and each
+        .npz file against the size and SHA-256 recorded in meta.json.
 
     Returns:
       A :class:`Run` with the model, params, history, config, meta and,
@@ -715,6 +1147,11 @@ def load_run(
       ValueError: the files are inconsistent (a save was interrupted, or a
         file was changed), or the params do not fit the model.
     """
+    if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"path: expected a run directory (str or os.PathLike), got {type(path).__name__} "
+            f"{path!r}."
+        )
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -722,23 +1159,35 @@ def load_run(
             f"{'is not a directory' if path.exists() else 'does not exist'}. "
             f"{_RUN_CONTENTS}"
         )
-    for name in RUN_FILES:
-        if not (path / name).is_file():
-            raise FileNotFoundError(
-                f"path: expected a run directory, got {path}, which has no {name}. {_RUN_CONTENTS}"
-            )
     if opt_state_like is not None and optimizer is not None:
         raise ValueError(
             "optimizer: expected either opt_state_like or optimizer, got both. Pass one."
         )
-    config = _read_json(path / CONFIG_FILE)
-    meta = _read_json(path / META_FILE)
+    version = _current_version(path)
+    files_dir = path if version is None else path / SAVES_DIR / version
+    for name in RUN_FILES:
+        if not (files_dir / name).is_file():
+            raise FileNotFoundError(
+                f"path: expected a run directory, got {path}, which has no "
+                f"{(files_dir / name).relative_to(path)}. {_RUN_CONTENTS}"
+            )
+    meta = _read_json(files_dir / META_FILE)
     if verify:
-        for name, record in meta.get("files", {}).items():
-            file = path / name
+        _check_sealed(files_dir / META_FILE, meta, required=version is not None)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{files_dir / META_FILE}: expected a JSON object.")
+    if verify:
+        records = meta.get("files", {})
+        if version is not None and CONFIG_FILE not in records:
+            raise ValueError(
+                f"{files_dir / META_FILE}: expected a record of {CONFIG_FILE}, got none."
+            )
+        for name, record in records.items():
+            file = files_dir / name
             if not file.is_file():
                 raise FileNotFoundError(
-                    f"path: expected {name} in {path}, as listed in meta.json, but it is missing."
+                    f"path: expected {name} in {files_dir}, as listed in meta.json, but it is "
+                    f"missing."
                 )
             if _file_record(file) != record:
                 raise ValueError(
@@ -747,27 +1196,50 @@ def load_run(
                     f"interrupted or the file changed since; load with verify=False to "
                     f"read it anyway."
                 )
+        if version is not None:
+            _check_flat_names(path, files_dir)
+    config = _read_json(files_dir / CONFIG_FILE)
+    if not isinstance(config, dict):
+        raise ValueError(f"{files_dir / CONFIG_FILE}: expected a JSON object.")
     if "model" not in config:
         raise ValueError(
             f"{path / CONFIG_FILE}: expected a 'model' entry (written by save_run), "
             f"got keys {sorted(config)}."
         )
     model = model_from_dict(config["model"])
-    params = load_pytree(path / PARAMS_FILE)
+    params = load_pytree(files_dir / PARAMS_FILE)
     _check_params(model, params, config.get("members"))
-    history = load_pytree(path / HISTORY_FILE, as_numpy=True)
+    history = load_pytree(files_dir / HISTORY_FILE, as_numpy=True)
 
     opt_state = None
     if optimizer is not None:
         opt_state_like = jax.eval_shape(optimizer.init, params)
     if opt_state_like is not None:
-        if not (path / OPT_STATE_FILE).is_file():
+        if not (files_dir / OPT_STATE_FILE).is_file():
             raise FileNotFoundError(
                 f"opt_state_like: expected {path / OPT_STATE_FILE} to load the optimizer state "
                 f"into, but the run was saved without one (save_run(..., opt_state=...))."
             )
-        opt_state = load_pytree(path / OPT_STATE_FILE, like=opt_state_like)
+        opt_state = load_pytree(files_dir / OPT_STATE_FILE, like=opt_state_like)
     return Run(path, model, params, history, config, meta, opt_state)
+
+
+def _check_flat_names(path: Path, files_dir: Path) -> None:
+    """Refuse a ``path/config.json`` (etc.) that is no longer the link save_run made and
+    differs from the run's own file: an edit that replaced the link must not pass unseen."""
+    for name in (*_VERSIONED_FILES, META_FILE):
+        flat = path / name
+        if flat.is_symlink() and os.readlink(flat) == f"{CURRENT_LINK}/{name}":
+            continue
+        if not flat.is_file():
+            continue
+        own = files_dir / name
+        if not own.is_file() or flat.read_bytes() != own.read_bytes():
+            raise ValueError(
+                f"{flat}: expected the file recorded in meta.json (a link to "
+                f"{CURRENT_LINK}/{name}), got different contents: the file was replaced or "
+                f"edited. Delete it (the run's own copy is {own}), or load with verify=False."
+            )
 
 
 load = load_run
@@ -832,10 +1304,6 @@ class Checkpoint(NamedTuple):
     path: Path
 
 
-def _checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / CHECKPOINT_DIR / f"{step:09d}"
-
-
 def save_checkpoint(
     run_dir: str | os.PathLike,
     *,
@@ -848,15 +1316,18 @@ def save_checkpoint(
 
     Layout::
 
-        run_dir/checkpoint.json                 the manifest (written last)
-        run_dir/checkpoints/<step>/<name>.npz   one file per tree (save_pytree)
+        run_dir/checkpoint.json                        the manifest (written last)
+        run_dir/checkpoints/<step>-<random>/<name>.npz  one file per tree (save_pytree)
 
-    Each tree is written atomically into a directory of its own for this
-    ``step``; then the manifest — the step, the fingerprint, ``info`` and the
-    size and SHA-256 of every file — replaces the previous one atomically;
-    then older checkpoint directories are removed. A process killed at any
-    moment leaves the previous complete checkpoint or the new one, never a
-    mixture: the manifest names one directory and the checksums of its files.
+    Each tree is written into a new directory of its own, beside the previous
+    checkpoint's, and synced; then the manifest — the step, the fingerprint,
+    ``info``, the size and SHA-256 of every file, and the SHA-256 of its own
+    contents (``manifest_sha256``) — replaces the previous one atomically: the
+    switch-over. Only then are older checkpoint directories removed. A save
+    that fails at any point (a full disk, a kill) leaves the previous
+    checkpoint as it was; the next save removes what it left (temporary files,
+    a half-written directory). The directory is locked (:func:`lock`) while
+    the checkpoint is written.
 
     Args:
       run_dir: the directory (created if missing).
@@ -870,7 +1341,7 @@ def save_checkpoint(
     Returns:
       The manifest's path.
     """
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir(run_dir)
     if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
         raise ValueError(f"step: expected a non-negative integer, got {step!r}.")
     for name in trees:
@@ -881,31 +1352,56 @@ def save_checkpoint(
     fingerprint_bytes = _dumps("fingerprint", dict(fingerprint))
     info = dict(info or {})
     _dumps("info", info)
-    directory = _checkpoint_dir(run_dir, int(step))
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name, tree in trees.items():
-        data = _pytree_bytes(tree)
-        atomic_write_bytes(directory / f"{name}.npz", data)
-        files[f"{name}.npz"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "step": int(step),
-        "dir": directory.relative_to(run_dir).as_posix(),
-        "files": files,
-        "fingerprint": json.loads(fingerprint_bytes),
-        "fingerprint_sha256": hashlib.sha256(fingerprint_bytes).hexdigest(),
-        "info": info,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "process_count": jax.process_count(),
-        "device_count": jax.device_count(),
-    }
-    path = atomic_write_json(run_dir / CHECKPOINT_MANIFEST, manifest)
-    for old in (run_dir / CHECKPOINT_DIR).iterdir():  # older steps and killed writes
-        if old != directory and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    contents = {f"{name}.npz": _pytree_bytes(tree) for name, tree in trees.items()}
+    with lock(run_dir):
+        _remove_leftovers(run_dir)
+        parent = run_dir / CHECKPOINT_DIR
+        parent.mkdir(parents=True, exist_ok=True)
+        keep = _committed_checkpoint_dir(run_dir)
+        for old in parent.iterdir():  # half-written checkpoints of killed saves
+            if old != keep and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        directory = parent / f"{int(step):09d}-{secrets.token_hex(4)}"
+        directory.mkdir()
+        try:
+            for name, data in contents.items():
+                _write_new(directory / name, data)
+            _fsync_dir(directory)
+            _fsync_dir(parent)
+            manifest = {
+                "format": CHECKPOINT_FORMAT,
+                "format_version": FORMAT_VERSION,
+                "step": int(step),
+                "dir": directory.relative_to(run_dir).as_posix(),
+                "files": {
+                    name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                    for name, data in contents.items()
+                },
+                "fingerprint": json.loads(fingerprint_bytes),
+                "fingerprint_sha256": hashlib.sha256(fingerprint_bytes).hexdigest(),
+                "info": info,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "process_count": jax.process_count(),
+                "device_count": jax.device_count(),
+            }
+            path = atomic_write_json(run_dir / CHECKPOINT_MANIFEST, _sealed(manifest))
+        except BaseException:
+            if _committed_checkpoint_dir(run_dir) != directory:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
+        for old in parent.iterdir():  # older steps
+            if old != directory and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _committed_checkpoint_dir(run_dir: Path) -> Path | None:
+    """The directory the manifest names, or None (no manifest, or an unreadable one)."""
+    try:
+        manifest = json.loads((run_dir / CHECKPOINT_MANIFEST).read_bytes())
+        return run_dir / manifest["dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_checkpoint(
@@ -928,6 +1424,11 @@ def load_checkpoint(
       Its ``"history"`` tree holds NumPy arrays of the dtypes saved; the other
       trees hold JAX arrays.
     """
+    if isinstance(run_dir, bool) or not isinstance(run_dir, str | os.PathLike):
+        raise TypeError(
+            f"run_dir: expected a directory path (str or os.PathLike), got "
+            f"{type(run_dir).__name__} {run_dir!r}."
+        )
     run_dir = Path(run_dir)
     manifest_path = run_dir / CHECKPOINT_MANIFEST
     if not manifest_path.is_file():
@@ -938,8 +1439,17 @@ def load_checkpoint(
             f"run_dir: expected {manifest_path} to be a manifest written by "
             f"gdjax.runs.save_checkpoint, got another file. Move it away to start over."
         )
-    directory = run_dir / manifest["dir"]
-    for name, record in manifest["files"].items():
+    _check_sealed(manifest_path, manifest, required=manifest.get("format_version", 1) >= 2)
+    try:
+        directory = run_dir / manifest["dir"]
+        records = dict(manifest["files"])
+        step, fingerprint, info = int(manifest["step"]), manifest["fingerprint"], manifest["info"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"{manifest_path}: expected the entries save_checkpoint writes, got a manifest "
+            f"without a valid {e}: the file is corrupted. Delete it to start over."
+        ) from None
+    for name, record in records.items():
         file = directory / name
         if not file.is_file():
             raise ValueError(
@@ -954,11 +1464,9 @@ def load_checkpoint(
             )
     like = dict(like or {})
     trees = {}
-    for name in manifest["files"]:
+    for name in records:
         key = name.removesuffix(".npz")
         # the history comes back as saved (NumPy, float64/int64 even with x64 off)
         as_numpy = key == "history"
         trees[key] = load_pytree(directory / name, like=like.get(key), as_numpy=as_numpy)
-    return Checkpoint(
-        int(manifest["step"]), trees, manifest["fingerprint"], manifest["info"], directory
-    )
+    return Checkpoint(step, trees, fingerprint, info, directory)

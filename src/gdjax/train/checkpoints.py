@@ -9,7 +9,6 @@ fingerprint, and then bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import runs
+from gdjax._trees import tree_sha256 as _tree_sha256
 
 
 @jax.jit
@@ -57,10 +57,12 @@ class _CheckpointWriter:
     at most that fraction of the time however short the epochs; ``fit`` asks
     :meth:`ready` and skips the device copy of a checkpoint the writer would
     not start on. ``close`` writes the last snapshot at once, waits for it, and
-    re-raises a write error. The disk always holds the last *completed*
-    checkpoint (``save_checkpoint`` is atomic), so a killed process resumes from
-    there (at most ``w / BUSY_FRACTION`` plus k epochs behind, about 0.2 s for
-    a small model), and resuming from any checkpoint gives the same params bit
+    re-raises a write error. The writer holds the lock of ``run_dir``
+    (:func:`gdjax.runs.lock`) from its creation to ``close``. The disk always
+    holds the last *completed* checkpoint (``save_checkpoint`` is atomic), so a
+    killed process resumes from there (at most ``w / BUSY_FRACTION`` plus k
+    epochs behind, about 0.2 s for a small model), and resuming from any
+    checkpoint gives the same params bit
     for bit.
     """
 
@@ -68,6 +70,8 @@ class _CheckpointWriter:
 
     def __init__(self, run_dir: Path, fingerprint: dict[str, Any]) -> None:
         self._run_dir, self._fingerprint = run_dir, fingerprint
+        # held until close: a second process writing this run_dir is told at once
+        self._lock = runs.lock(run_dir)
         self._cond = threading.Condition()
         self._waiting: tuple[int, Any, dict[str, Any]] | None = None
         self._closed = False
@@ -124,24 +128,16 @@ class _CheckpointWriter:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join()
+        try:
+            self._thread.join()
+        finally:
+            self._lock.release()
         self._raise()
 
     def _raise(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-
-
-def _tree_sha256(tree) -> str:
-    h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if runs._is_key_array(leaf):
-            leaf = jax.random.key_data(leaf)
-        arr = np.asarray(jax.device_get(leaf))
-        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
 
 
 def _describe_value(v) -> Any:
