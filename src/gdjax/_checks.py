@@ -208,7 +208,7 @@ def check_memory(name: str, nbytes: int, expected: str, got: str) -> None:
     if limit is None or nbytes <= MEMORY_FRACTION * limit:
         return
     raise ValueError(
-        f"{name}: expected {expected} that fit in memory ({where}: {format_bytes(limit)}), "
+        f"{name}: expected {expected} fit in memory ({where}: {format_bytes(limit)}), "
         f"got {got}, which need {format_bytes(nbytes)} ({nbytes:,} bytes)."
     )
 

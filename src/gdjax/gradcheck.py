@@ -70,6 +70,13 @@ def finite_difference_grad(
     check_finite_number("eps", eps)
     chunk_size = check_positive_int("chunk_size", chunk_size)
     check_float_tree("params", params)
+    size = sum(int(np.prod(shape_of(leaf))) for leaf in jax.tree.leaves(params))
+    check_memory(
+        "chunk_size",
+        chunk_size * size * 8,
+        "a chunk of perturbed points whose arrays",
+        f"{chunk_size} points of {size:,} params (float64, 8 bytes each)",
+    )
     flat, unravel = ravel_pytree(params)
     dtypes = sorted({str(jnp.result_type(p)) for p in jax.tree.leaves(params)})
     if flat.dtype != jnp.float64 or dtypes != ["float64"]:
@@ -83,12 +90,6 @@ def finite_difference_grad(
         return (jax.vmap(f_flat)(flat + points) - jax.vmap(f_flat)(flat - points)) / (2 * steps)
 
     size = flat.size
-    check_memory(
-        "chunk_size",
-        chunk_size * size * flat.dtype.itemsize,
-        "a chunk of perturbed points whose arrays",
-        f"{chunk_size} points of {size:,} params ({flat.dtype.itemsize} bytes each)",
-    )
     steps = eps * jnp.maximum(1.0, jnp.abs(flat))
     out = []
     for start in range(0, size, chunk_size):

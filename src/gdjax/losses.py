@@ -199,7 +199,7 @@ def _check_distributions(targets: np.ndarray) -> None:
         i, j = negative[0]
         raise ValueError(
             f"y: expected one-hot or probability rows with entries ≥ 0, got y[{i}, {j}] = "
-            f"{targets[i, j]!r} ({len(negative)} negative entries)."
+            f"{float(targets[i, j])!r} ({len(negative)} negative entries)."
         )
     tol = float(np.sqrt(np.finfo(targets.dtype).eps)) if targets.dtype.kind == "f" else 0.0
     sums = targets.sum(axis=-1, dtype=np.float64)
