@@ -523,30 +523,34 @@ def test_memory_limit_is_the_machine_or_device_memory(monkeypatch):
         MLP((10, 200, 10)).check_size(jnp.float32)  # 4 210 params × 4 bytes
 
 
-def test_a_run_estimated_to_outlast_the_bound_warns_once(monkeypatch):
+def test_a_run_estimated_to_outlast_the_bound_warns_once(monkeypatch, capsys):
     """With LONG_RUN_SECONDS = 0 every run is "too long": one LongRunWarning, naming the
-    epochs and the estimate, however many blocks the run has; the progress bar shows it."""
+    epochs and the estimate, however many blocks the run has; the progress bar shows the
+    time left."""
     monkeypatch.setattr(loop, "LONG_RUN_SECONDS", 0.0)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     model = MLP((2, 3, 1), activation="tanh")
     x = np.linspace(-1, 1, 8).reshape(4, 2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train.fit(
-            model,
-            "mse",
-            "sgd",
-            (x, x[:, :1]),
-            epochs=6,
-            key=KEY,
-            progress=False,
-            eval_every=1,
-            learning_rate=0.1,
+            model, "mse", "sgd", (x, x[:, :1]), epochs=6, key=KEY, eval_every=1, learning_rate=0.1
         )
     long = [w for w in caught if issubclass(w.category, history.LongRunWarning)]
     assert len(long) == 1
     assert issubclass(history.LongRunWarning, UserWarning)
     assert str(long[0].message).startswith("epochs: 6 epochs will take about")
     assert long[0].filename == __file__  # points at the user's call
+    assert "left=" in capsys.readouterr().err
+
+
+def test_a_short_run_does_not_warn():
+    model = MLP((2, 3, 1), activation="tanh")
+    x = np.linspace(-1, 1, 8).reshape(4, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", history.LongRunWarning)
+        train.fit(model, "mse", "sgd", (x, x[:, :1]), epochs=3, key=KEY, progress=False,
+                  eval_every=1, learning_rate=0.1)  # fmt: skip
 
 
 @pytest.mark.parametrize(
