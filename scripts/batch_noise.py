@@ -2,6 +2,7 @@
 
     python scripts/batch_noise.py                     # writes results/batch_noise/
     python scripts/batch_noise.py --epochs 0          # at initialisation
+    python scripts/batch_noise.py --data moons --hidden 16,16 --no-progress
 
 A (64, 32, 10) tanh MLP on scikit-learn's 8×8 digits (gdjax.data.digits,
 N = 1437 training images), trained for --epochs full-batch Adam steps. From one
@@ -11,7 +12,10 @@ B_simple = tr Σ / ‖G‖² without forming any per-example gradient. For each 
 size B, --samples minibatches drawn without replacement measure ‖g_B − G‖²
 (gdjax.per_example.minibatch_errors); their mean should match
 E‖g_B − G‖² = (tr Σ / B)(N − B)/(N − 1) within its standard error. Writes
-batch_noise.png and batch_noise.json to --out. float64.
+batch_noise.png and batch_noise.json to --out. --data picks another built-in
+data set (its own loss), --hidden/--activation the MLP; training shows a
+progress bar unless --no-progress. Always float64 (there is no --float64: the
+variance sums need it).
 """
 
 from __future__ import annotations
@@ -31,17 +35,16 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from gdjax import MLP, cli, data, per_example, plots, runs, train  # noqa: E402
 
-LOSS = "softmax_cross_entropy"
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = cli.parser(__doc__)
-    p.add_argument("--hidden", default="32", help="hidden widths, comma-separated")
+    cli.add_data_option(p, default="digits")
+    cli.add_model_options(p, hidden="32", activation="tanh")
     p.add_argument("--epochs", type=int, default=10, help="full-batch Adam steps before measuring")
     p.add_argument("--samples", type=int, default=100, help="minibatches per batch size")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/batch_noise")
-    p.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    cli.add_output_options(p, out="results/batch_noise")
+    cli.add_progress_option(p)
     return p.parse_args(argv)
 
 
@@ -97,17 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
-    ds = data.digits(dtype=jnp.float64)
-    x, y = ds.x, ds.y
-    model = MLP((ds.num_inputs, *cli.parse_hidden(args.hidden), ds.num_outputs), "tanh")
+    ds = data.from_config(
+        {"data": args.data, "seed": args.seed, "data_kwargs": {"dtype": jnp.float64}}
+    )
+    x, y, loss = ds.x, ds.y, ds.loss
+    model = MLP((ds.num_inputs, *cli.parse_hidden(args.hidden), ds.num_outputs), args.activation)
     init_key, fit_key, sample_key = jax.random.split(key, 3)
     params = model.init(init_key, dtype=jnp.float64)
     if args.epochs > 0:
         params = train.fit(
-            model, LOSS, "adam", (x, y), epochs=args.epochs, key=fit_key, params=params,
-            learning_rate=1e-2, eval_every=0, progress=False,
+            model, loss, "adam", (x, y), epochs=args.epochs, key=fit_key, params=params,
+            learning_rate=1e-2, eval_every=0, progress=not args.no_progress,
         ).params  # fmt: skip
-    noise = per_example.gradient_noise(model, LOSS, params, x, y)
+    noise = per_example.gradient_noise(model, loss, params, x, y)
     n = noise.num_examples
     sizes = batch_sizes(n)
     predicted = noise.expected_error(sizes)
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, b in enumerate(sizes):
         errors = np.asarray(
             per_example.minibatch_errors(
-                model, LOSS, params, x, y, b,
+                model, loss, params, x, y, b,
                 key=jax.random.fold_in(sample_key, i), num_samples=args.samples,
             )
         )  # fmt: skip
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     record = {
         "model": runs.model_to_dict(model),
-        "loss": LOSS,
+        "loss": loss,
         "epochs": args.epochs,
         "num_examples": n,
         "samples_per_batch_size": args.samples,
@@ -142,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         "z_scores": z,
     }
     title = (
-        f"minibatch gradient noise, MLP{model.sizes} tanh on digits after {args.epochs} "
+        f"minibatch gradient noise, MLP{model.sizes} {args.activation} on {args.data} after "
+        f"{args.epochs} "
         f"Adam steps: tr Σ = {noise.trace_cov:.3g}, ‖G‖² = {noise.grad_norm_sq:.3g}, "
         f"B_simple = {noise.b_simple:.3g}"
     )

@@ -2,13 +2,16 @@
 
     python scripts/taylor.py                   # trains a small default model first
     python scripts/taylor.py runs/<run-dir>    # a run directory from scripts/train.py
+    python scripts/taylor.py --data circles --hidden 8,8 --float64 --no-progress
 
 For the step θ' = θ − η ∇C (the gradient-descent step) it measures, for every η
 on a log grid around 2/λ_max, the actual change ΔC = C(θ') − C(θ) beside the
 first-order (tangent) prediction −η‖∇C‖² and the second-order prediction that
 adds ½η² ∇Cᵀ H ∇C; then the same for a step in one layer's params at a time
 (the seed question's "weight number 129", layer by layer). Everything is
-computed in float64. Writes taylor.json, taylor.npz and two figures to --out
+computed in float64; --float64 also trains the default model in float64
+(float32 otherwise), on --data with --hidden/--activation, showing progress
+unless --no-progress. Writes taylor.json, taylor.npz and two figures to --out
 (default results/taylor or <run-dir>/taylor).
 """
 
@@ -35,27 +38,36 @@ from gdjax import MLP, cli, curvature, data, objective, plots, runs, train  # no
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = cli.parser(__doc__)
     p.add_argument("run_dir", nargs="?", help="a run directory from scripts/train.py")
+    cli.add_data_option(p)
+    cli.add_model_options(p, hidden="16,16", activation="tanh")
     p.add_argument("--out", default=None, help="results directory")
     p.add_argument("--points", type=int, default=41, help="number of step sizes η")
     p.add_argument("--epochs", type=int, default=100, help="default model's training epochs")
     p.add_argument("--threshold", type=float, default=0.1, help="first-order error to report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    cli.add_precision_option(p)
+    cli.add_progress_option(p)
     return p.parse_args(argv)
 
 
 def load_or_train(args) -> tuple[MLP, str, list, data.Dataset]:
-    """The run's model, loss, params and data; or a (2, 16, 16, 1) tanh MLP trained on moons."""
+    """The run's model, loss, params and data; or an MLP (default (2, 16, 16, 1), tanh)
+    trained on --data (default moons)."""
     if args.run_dir:
         run = runs.load_run(args.run_dir)
         return run.model, run.config["loss"], run.params, data.from_config(run.config)
     train_key = jax.random.split(jax.random.key(args.seed))[1]
-    moons = {"n": 400, "noise": 0.15}
-    ds = data.from_config({"data": "moons", "seed": args.seed, "data_kwargs": moons})
-    model = MLP((2, 16, 16, 1), activation="tanh")
+    kwargs = {"n": 400, "noise": 0.15} if args.data in ("moons", "circles") else {}
+    ds = data.from_config({"data": args.data, "seed": args.seed, "data_kwargs": kwargs})
+    model = MLP(
+        (ds.num_inputs, *cli.parse_hidden(args.hidden), ds.num_outputs), activation=args.activation
+    )
     # Trained in float32 (the key fit would draw them with), as for the numbers in
-    # docs/is-gradient-descent-broken.md; under x64 MLP.init's default is float64.
-    params = model.init(jax.random.split(train_key)[0], dtype=jnp.float32)
+    # docs/is-gradient-descent-broken.md, unless --float64; under x64 (which this
+    # script turns on for the analysis) MLP.init's default would be float64.
+    dtype = jnp.float64 if args.float64 else jnp.float32
+    params = model.init(jax.random.split(train_key)[0], dtype=dtype)
     result = train.fit(
         model,
         ds.loss,
@@ -66,7 +78,7 @@ def load_or_train(args) -> tuple[MLP, str, list, data.Dataset]:
         params=params,
         learning_rate=0.02,
         eval_every=0,
-        progress=False,
+        progress=not args.no_progress,
     )
     return model, ds.loss, result.params, ds
 
@@ -77,7 +89,7 @@ def linear_regression_problem(seed: int):
     return model, ds
 
 
-def quadratic_stability(seed: int, epochs: int = 100) -> dict:
+def quadratic_stability(seed: int, epochs: int = 100, progress: bool = True) -> dict:
     """Full-batch GD on linear regression (C is a quadratic) just below and above 2/λ_max.
 
     On a quadratic, each step multiplies the error along eigenvector k by
@@ -104,7 +116,7 @@ def quadratic_stability(seed: int, epochs: int = 100) -> dict:
                 params=params,
                 learning_rate=eta,
                 eval_every=0,
-                progress=False,
+                progress=progress,
             )
         loss = result.history["step_loss"]
         runs_.append(
@@ -234,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             "second_order_error",
         ):
             arrays[f"{label}/{field}"] = np.asarray(getattr(r, field))
-    summary["quadratic_stability"] = quadratic_stability(args.seed)
+    summary["quadratic_stability"] = quadratic_stability(args.seed, progress=not args.no_progress)
     summary["newton"] = newton_one_step(f, params, x, y, args.seed)
     summary["wall_time_s"] = time.perf_counter() - start
     runs.atomic_write_json(out / "taylor.json", summary)

@@ -500,7 +500,7 @@ def test_permutation_refuses_a_bad_n(n):
 
 
 def test_permutation_refuses_a_bad_key():
-    with pytest.raises(ValueError, match="key: expected a jax.random key"):
+    with pytest.raises(ValueError, match="key: expected a PRNG key from jax.random.key"):
         data.permutation(0, 5)
 
 

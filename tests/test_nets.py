@@ -341,7 +341,7 @@ def test_bad_init_and_apply_arguments_name_the_argument():
         net.init(jax.random.key(0), scheme="lecun")
     with pytest.raises(ValueError, match=r"^dtype: expected a floating dtype"):
         net.init(jax.random.key(0), dtype=jnp.int32)
-    with pytest.raises(ValueError, match=r"^key: expected a jax.random key"):
+    with pytest.raises(ValueError, match=r"^key: expected a PRNG key from jax.random.key"):
         net.init(0)
     params = net.init(jax.random.key(0))
     with pytest.raises(ValueError, match=r"^x: expected shape \(batch, 40\) .*got \(2, 41\)"):

@@ -224,3 +224,65 @@ def test_sharpness_script_tracks_lambda_max_up_to_2_over_eta(tmp_path, capsys):
     assert summary["sharpness_start"] < 0.6 * 10 and summary["sharpness_max"] > 0.9 * 10
     assert sharpness.max() == pytest.approx(summary["sharpness_max"])
     assert summary["loss_end"] < 0.2 * summary["loss_start"]
+
+
+def _bar_shown(err: str) -> bool:
+    """Whether a training progress bar (tqdm's "epochs" bar) was drawn on stderr."""
+    return "epochs:" in err
+
+
+def test_boundaries_script_takes_the_shared_data_precision_and_progress_flags(tmp_path, capsys):
+    script = _load_script("boundaries")
+    out = tmp_path / "b"
+    argv = ["--hidden", "4", "--epochs", "3", "--n", "24", "--resolution", "6", "--data", "xor"]
+    assert script.main([*argv, "--float64", "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "boundaries.json").read_text())
+    assert set(summary["runs"]) == {"xor/tanh", "xor/identity"}
+    assert summary["dtype"] == "float64" and summary["hidden"] == [4]
+    assert not _bar_shown(capsys.readouterr().err)
+
+
+def test_batch_noise_script_takes_data_hidden_and_shows_progress(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    script = _load_script("batch_noise")
+    out = tmp_path / "noise"
+    argv = ["--data", "moons", "--hidden", "4", "--epochs", "2", "--samples", "3"]
+    assert script.main([*argv, "--out", str(out)]) == 0
+    record = json.loads((out / "batch_noise.json").read_text())
+    assert record["loss"] == "sigmoid_binary_cross_entropy"  # the data set's own loss
+    assert record["model"]["sizes"] == [2, 4, 1] and record["num_examples"] == 160
+    assert _bar_shown(capsys.readouterr().err)  # training shows progress by default
+
+
+def test_taylor_script_trains_its_default_model_on_data_hidden_float64(monkeypatch):
+    script = _load_script("taylor")
+    trained = {}
+    real_fit = script.train.fit
+
+    def spy(model, loss, optimizer, data, **kwargs):
+        trained.update(model=model, **kwargs)
+        return real_fit(model, loss, optimizer, data, **kwargs)
+
+    monkeypatch.setattr(script.train, "fit", spy)
+    args = script.parse_args(
+        ["--data", "circles", "--hidden", "5", "--epochs", "2", "--float64", "--no-progress"]
+    )
+    model, loss, params, ds = script.load_or_train(args)
+    assert model.sizes == (2, 5, 1) and trained["progress"] is False and ds.name == "circles"
+    assert {p["w"].dtype for p in trained["params"]} == {np.dtype("float64")}
+    args = script.parse_args(["--hidden", "3", "--epochs", "1"])
+    script.load_or_train(args)
+    assert trained["progress"] is True  # progress unless --no-progress
+    assert {p["w"].dtype for p in trained["params"]} == {np.dtype("float32")}
+
+
+@pytest.mark.parametrize("name", ["boundaries", "batch_noise", "taylor"])
+def test_scripts_show_the_shared_flags_with_their_defaults(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _load_script(name).parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--data", "--hidden", "--activation", "--no-progress"):
+        assert flag in text, (name, flag)
+    assert "no progress bars (default: False)" in text
+    assert ("--float64" in text) == (name != "batch_noise")  # batch_noise is always float64

@@ -112,8 +112,11 @@ def check_float_tree(name: str, tree) -> None:
         where = f"{name}{jax.tree_util.keystr(path)}"
         dtype = dtype_of(leaf)
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-            got = dtype if dtype is not None else type(leaf).__name__
-            raise ValueError(f"{where}: expected a floating array, got {got}.")
+            if dtype is None or dtype == np.dtype(object):
+                raise ValueError(
+                    f"{where}: expected a floating array, got {type(leaf).__name__}. {MODULE_HINT}"
+                )
+            raise ValueError(f"{where}: expected a floating array, got {dtype}.")
         check_finite(where, leaf)
 
 
@@ -122,3 +125,108 @@ def check_finite_args(args: tuple) -> None:
     for i, arg in enumerate(args):
         for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]:
             check_finite(f"args[{i}]{jax.tree_util.keystr(path)}", leaf)
+
+
+# ---------------------------------------------------------------- PRNG keys
+
+KEY_EXPECTED = "a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed)"
+
+
+def describe(value) -> str:
+    """``value`` in a message: an array by its dtype and shape, else its type and repr."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of dtype {value.dtype} and shape {tuple(value.shape)}"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def is_key(key) -> bool:
+    """One PRNG key: a typed key of shape () or a raw uint32 key of shape (2,)."""
+    if not isinstance(key, jax.Array):
+        return False
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.shape == ()
+    return key.dtype == np.uint32 and key.shape == (2,)
+
+
+def check_key(key, name: str = "key") -> jax.Array:
+    """``key`` if it is one PRNG key (typed, or raw from ``jax.random.PRNGKey``), else a
+    ValueError, e.g. "key: expected a PRNG key from jax.random.key(seed) or
+    jax.random.PRNGKey(seed), got int 0"."""
+    if not is_key(key):
+        hint = ""
+        if isinstance(key, int | np.integer) and not isinstance(key, bool):
+            hint = f" Pass jax.random.key({int(key)})."
+        raise ValueError(f"{name}: expected {KEY_EXPECTED}, got {describe(key)}.{hint}")
+    return key
+
+
+# ---------------------------------------------------------------- memory
+
+MEMORY_FRACTION = 1.0
+"""An allocation is refused when it needs more than this fraction of :func:`memory_limit`."""
+
+
+def memory_limit() -> tuple[int | None, str]:
+    """``(bytes, where)``: the memory an array can take on the default device.
+
+    On a GPU/TPU the device's own memory (``device.memory_stats()["bytes_limit"]``,
+    when the backend reports it); on the CPU (or when it does not) the
+    machine's physical memory (``os.sysconf``: pages × page size). ``None``
+    when neither is known (then nothing is refused).
+    """
+    try:
+        device = jax.devices()[0]
+        stats = device.memory_stats() if device.platform != "cpu" else None
+    except Exception:  # a backend without memory_stats
+        device, stats = None, None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"the memory of {device.device_kind}"
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None, "unknown"
+    return int(total), "this machine's physical memory"
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.3g} PB"  # pragma: no cover
+
+
+def check_memory(name: str, nbytes: int, expected: str, got: str) -> None:
+    """Refuse (ValueError naming ``name``) an allocation of ``nbytes`` bytes that would
+    not fit: more than :data:`MEMORY_FRACTION` × :func:`memory_limit`. Called before
+    anything is allocated, so the user reads the size instead of a MemoryError,
+    RESOURCE_EXHAUSTED or OverflowError."""
+    limit, where = memory_limit()
+    if limit is None or nbytes <= MEMORY_FRACTION * limit:
+        return
+    raise ValueError(
+        f"{name}: expected {expected} fit in memory ({where}: {format_bytes(limit)}), "
+        f"got {got}, which need {format_bytes(nbytes)} ({nbytes:,} bytes)."
+    )
+
+
+# ---------------------------------------------------------------- params that are not arrays
+
+MODULE_HINT = (
+    "Only arrays belong in params: split a module's static parts off first "
+    "(docs/how-to/any-model.md). An Equinox module: params, static = "
+    "eqx.partition(module, eqx.is_array), then pass params with the model "
+    "apply = lambda p, x: jax.vmap(eqx.combine(p, static))(x); a Flax NNX module: "
+    "graphdef, params = nnx.split(module), then apply = lambda p, x: nnx.merge(graphdef, p)(x)."
+)
+
+
+def is_module(value) -> bool:
+    """An Equinox or Flax module (an object, not a function of (params, x))."""
+    return any(
+        (getattr(cls, "__module__", "") or "").split(".")[0] in ("equinox", "flax")
+        for cls in type(value).__mro__
+    )

@@ -233,8 +233,11 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get(name: str | Activation) -> Activation:
+def get(name: str | Activation, *, argument: str = "activation") -> Activation:
     """Return the activation called ``name`` (an :class:`Activation` passes through).
+
+    ``argument`` is the name a bad ``name`` is reported under (e.g.
+    ``"output_activation"``).
 
     >>> float(get("sigmoid").deriv(jnp.array(0.0)))
     0.25
@@ -243,6 +246,6 @@ def get(name: str | Activation) -> Activation:
         return name
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(
-            f"activation: expected one of {', '.join(names())} or an Activation, got {name!r}."
+            f"{argument}: expected one of {', '.join(names())} or an Activation, got {name!r}."
         )
     return _REGISTRY[name]

@@ -33,7 +33,12 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gdjax import curvature
-from gdjax._checks import check_finite_number, check_positive_int
+from gdjax._checks import (
+    check_finite_number,
+    check_float_tree,
+    check_key,
+    check_positive_int,
+)
 
 __all__ = ["classify_critical_point", "CriticalPoint", "VERDICTS"]
 
@@ -143,14 +148,9 @@ def classify_critical_point(
     """
     if not callable(f):
         raise ValueError(f"f: expected a function f(params, *args) -> scalar, got {f!r}.")
+    check_float_tree("params", params)
+    check_key(key)
     leaves = jax.tree.leaves(params)
-    if not leaves or not all(
-        jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves
-    ):
-        raise ValueError(
-            f"params: expected a pytree of floating arrays, got {jax.tree.map(jnp.shape, params)} "
-            f"with dtypes {[jnp.result_type(leaf).name for leaf in leaves]}."
-        )
     grad_tol = check_finite_number("grad_tol", grad_tol)
     atol = check_finite_number("atol", atol, allow_zero=True)
     if rtol is None:

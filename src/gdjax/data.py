@@ -52,7 +52,7 @@ import math
 import os
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import losses
-from gdjax._checks import check_positive_int
+from gdjax._checks import check_key, check_memory, check_positive_int, describe
 from gdjax.mlp import Params
 
 __all__ = [
@@ -182,17 +182,10 @@ def _check_key(key) -> jax.Array:
     """``key`` as a typed key if it is a ``jax.random`` key (typed, or raw from
     ``jax.random.PRNGKey``), else a ValueError. Raw keys are wrapped, so both
     kinds give the same data and share one compiled kernel."""
-    if isinstance(key, jax.Array):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0:
-            return key
-        if key.dtype == jnp.uint32 and key.ndim == 1:
-            try:
-                return jax.random.wrap_key_data(key)
-            except (TypeError, ValueError):
-                pass
-    raise ValueError(
-        f"key: expected a jax.random key such as jax.random.key(0), got {_describe(key)}."
-    )
+    key = check_key(key)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
 
 
 def _check_number(name: str, value, expected: str, ok: Callable[[float], bool]) -> float:
@@ -245,6 +238,27 @@ def _check_loss(loss, allowed: tuple[str, ...], default: str) -> str:
             f"loss: expected one of {', '.join(allowed)} for this data set, got {loss!r}."
         )
     return name
+
+
+_MAX_EXAMPLES = 2**31 - 1  # example indices and labels are int32
+
+
+def _check_size(n: int, columns: int, dtype) -> None:
+    """Refuse ``n`` examples of ``columns`` values each (inputs and targets) before
+    anything is allocated: more than int32 indices reach, or more bytes
+    (n × columns × itemsize) than :func:`gdjax._checks.memory_limit`."""
+    if n > _MAX_EXAMPLES:
+        raise ValueError(
+            f"n: expected at most {_MAX_EXAMPLES:,} examples (2^31 − 1: indices and labels "
+            f"are int32), got {n:,}."
+        )
+    dtype = jnp.dtype(dtype)
+    check_memory(
+        "n",
+        n * columns * dtype.itemsize,
+        "a number of examples whose arrays",
+        f"{n:,} examples of {columns} values ({dtype.name}, {dtype.itemsize} bytes each)",
+    )
 
 
 def _nonneg(v: float) -> bool:
@@ -324,6 +338,7 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
     """
     key = _check_key(key)
     n = check_positive_int("n", n)
+    _check_size(n, 1, jnp.int32)
     bits = max(1, (n - 1).bit_length())
     if bits > _PACKED_MAX_BITS:
         return jax.random.permutation(key, n).astype(jnp.int32)
@@ -411,6 +426,7 @@ def linear_regression(
     condition = _check_number("condition", condition, "a finite number ≥ 1", lambda v: v >= 1)
     test_fraction = _check_test_fraction(test_fraction)
     dtype = _check_dtype(dtype)
+    _check_size(n, d + outputs, dtype)
 
     exponents = np.arange(d) / (2 * (d - 1)) if d > 1 else np.zeros(1)
     scales = jnp.asarray(condition**-exponents, dtype)
@@ -481,6 +497,7 @@ def xor(
     test_fraction = _check_test_fraction(test_fraction)
     loss = _check_loss(loss, CLASSIFICATION_LOSSES, SIGMOID_BCE)
     dtype = _check_dtype(dtype)
+    _check_size(n, 3, dtype)
     if key is None:
         if noise > 0 or test_fraction > 0:
             raise ValueError(
@@ -548,6 +565,7 @@ def moons(
     test_fraction = _check_test_fraction(test_fraction)
     loss = _check_loss(loss, CLASSIFICATION_LOSSES, SIGMOID_BCE)
     dtype = _check_dtype(dtype)
+    _check_size(n, 3, dtype)
 
     n_test = _num_test(n, test_fraction)
     arrays = _moons(key, noise, n=n, n_test=n_test, dtype=dtype)
@@ -611,6 +629,7 @@ def circles(
     test_fraction = _check_test_fraction(test_fraction)
     loss = _check_loss(loss, CLASSIFICATION_LOSSES, SIGMOID_BCE)
     dtype = _check_dtype(dtype)
+    _check_size(n, 3, dtype)
 
     n_test = _num_test(n, test_fraction)
     arrays = _circles(key, noise, factor, n=n, n_test=n_test, dtype=dtype)
@@ -678,6 +697,7 @@ def spirals(
     test_fraction = _check_test_fraction(test_fraction)
     loss = _check_loss(loss, CLASSIFICATION_LOSSES, SIGMOID_BCE if num_classes == 2 else SOFTMAX_CE)
     dtype = _check_dtype(dtype)
+    _check_size(n, 2 + num_classes, dtype)
 
     n_test = _num_test(n, test_fraction)
     arrays = _spirals(key, noise, turns, n=n, num_classes=num_classes, n_test=n_test, dtype=dtype)
@@ -1004,7 +1024,7 @@ def get(name: str, key: jax.Array | None = None, **kwargs) -> Dataset:
     return _REGISTRY[name](key, **kwargs)
 
 
-def from_config(config: dict) -> Dataset:
+def from_config(config: Mapping) -> Dataset:
     """The data set a run was trained on, regenerated from its ``config.json``.
 
     The convention of ``scripts/train.py`` (and every script that trains):
@@ -1014,8 +1034,25 @@ def from_config(config: dict) -> Dataset:
     >>> from_config({"data": "moons", "seed": 0}).x.shape
     (160, 2)
     """
+    if not isinstance(config, Mapping):
+        raise ValueError(
+            f"config: expected a mapping like {{'data': 'moons', 'seed': 0}} (a run's "
+            f"config.json), got {describe(config)}."
+        )
     for field in ("data", "seed"):
         if field not in config:
             raise ValueError(f"config: expected a {field!r} entry, got keys {sorted(config)}.")
-    data_key = jax.random.split(jax.random.key(config["seed"]))[0]
-    return get(config["data"], data_key, **config.get("data_kwargs", {}))
+    seed = config["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(
+            f"config['seed']: expected an integer seed (the data key is "
+            f"jax.random.split(jax.random.key(seed))[0]), got {describe(seed)}."
+        )
+    kwargs = config.get("data_kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(
+            f"config['data_kwargs']: expected a mapping of the generator's arguments, "
+            f"got {describe(kwargs)}."
+        )
+    data_key = jax.random.split(jax.random.key(int(seed)))[0]
+    return get(config["data"], data_key, **kwargs)

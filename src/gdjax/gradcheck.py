@@ -26,7 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from gdjax._checks import check_finite_number, check_float_tree
+from gdjax._checks import (
+    check_finite_number,
+    check_float_tree,
+    check_memory,
+    check_positive_int,
+    describe,
+    dtype_of,
+    shape_of,
+)
 
 __all__ = ["finite_difference_grad", "compare", "relative_error", "GradReport", "check_grad"]
 
@@ -58,8 +66,17 @@ def finite_difference_grad(
     Returns:
       A pytree shaped like ``params``.
     """
+    _check_function("f", f)
     check_finite_number("eps", eps)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     check_float_tree("params", params)
+    size = sum(int(np.prod(shape_of(leaf))) for leaf in jax.tree.leaves(params))
+    check_memory(
+        "chunk_size",
+        chunk_size * size * 8,
+        "a chunk of perturbed points whose arrays",
+        f"{chunk_size} points of {size:,} params (float64, 8 bytes each)",
+    )
     flat, unravel = ravel_pytree(params)
     dtypes = sorted({str(jnp.result_type(p)) for p in jax.tree.leaves(params)})
     if flat.dtype != jnp.float64 or dtypes != ["float64"]:
@@ -72,8 +89,8 @@ def finite_difference_grad(
 
         return (jax.vmap(f_flat)(flat + points) - jax.vmap(f_flat)(flat - points)) / (2 * steps)
 
-    steps = eps * jnp.maximum(1.0, jnp.abs(flat))
     size = flat.size
+    steps = eps * jnp.maximum(1.0, jnp.abs(flat))
     out = []
     for start in range(0, size, chunk_size):
         idx = np.arange(start, min(start + chunk_size, size))
@@ -87,10 +104,48 @@ def finite_difference_grad(
 
 
 def relative_error(a: PyTree, b: PyTree) -> float:
-    """``‖a − b‖ / max(‖a‖, ‖b‖)`` over the whole pytree (0 when both are zero)."""
+    """``‖a − b‖ / max(‖a‖, ‖b‖)`` over the whole pytree (0 when both are zero).
+
+    ``a`` and ``b`` must have the same structure and leaf shapes (a ValueError
+    naming the first leaf of ``b`` that differs otherwise).
+    """
+    _check_like(a, b)
     a_flat = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(a)])
     b_flat = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(b)])
     return _rel(a_flat, b_flat)
+
+
+def _check_function(name: str, f) -> None:
+    if not callable(f):
+        raise ValueError(f"{name}: expected a function, got {describe(f)}.")
+
+
+def _check_like(a: PyTree, b: PyTree) -> None:
+    """``a`` and ``b``: the same pytree structure, leaf shapes, real (numeric) leaves."""
+    for name, tree in (("a", a), ("b", b)):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            dtype = dtype_of(leaf)
+            if dtype is None or not (
+                np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+            ):
+                got = type(leaf).__name__ if dtype is None or dtype.kind == "O" else dtype
+                raise ValueError(
+                    f"{name}{jax.tree_util.keystr(path)}: expected a real array, got {got}."
+                )
+    a_def, b_def = jax.tree.structure(a), jax.tree.structure(b)
+    if a_def != b_def:
+        raise ValueError(
+            f"b: expected a pytree with the structure of a ({a_def.num_leaves} leaves: "
+            f"{a_def}), got {b_def.num_leaves} leaves: {b_def}."
+        )
+    for (path, x), y in zip(
+        jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b), strict=True
+    ):
+        if shape_of(x) != shape_of(y):
+            raise ValueError(
+                f"b{jax.tree_util.keystr(path)}: expected shape {shape_of(x)} as in a, "
+                f"got {shape_of(y)}."
+            )
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -135,17 +190,12 @@ def compare(a: PyTree, b: PyTree) -> GradReport:
     >>> round(report.max_relative_error, 4)
     0.0673
     """
-    a_leaves, a_def = jax.tree_util.tree_flatten_with_path(a)
-    b_leaves, b_def = jax.tree_util.tree_flatten_with_path(b)
-    if a_def != b_def:
-        raise ValueError(f"b: expected a pytree with structure {a_def}, got {b_def}.")
+    _check_like(a, b)
+    a_leaves = jax.tree_util.tree_flatten_with_path(a)[0]
+    b_leaves = jax.tree_util.tree_leaves(b)
     paths, shapes, rels, abss = [], [], [], []
-    for (path, x), (_, y) in zip(a_leaves, b_leaves, strict=True):
+    for (path, x), y in zip(a_leaves, b_leaves, strict=True):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        if x.shape != y.shape:
-            raise ValueError(
-                f"b{jax.tree_util.keystr(path)}: expected shape {x.shape}, got {y.shape}."
-            )
         paths.append(jax.tree_util.keystr(path))
         shapes.append(x.shape)
         rels.append(_rel(x.ravel(), y.ravel()))
@@ -173,6 +223,9 @@ def check_grad(
     Returns:
       A :class:`GradReport` of ``grad_fn`` against finite differences.
     """
+    _check_function("f", f)
+    if grad_fn is not None:
+        _check_function("grad_fn", grad_fn)
     check_finite_number("eps", eps)
     check_float_tree("params", params)
     grad_fn = jax.grad(f) if grad_fn is None else grad_fn

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax._checks import is_concrete
+from gdjax._checks import check_finite, is_concrete
 
 __all__ = ["Loss", "get", "names"]
 
@@ -58,12 +58,24 @@ class Loss:
     )
 
     def __call__(self, pred: jax.Array, y: jax.Array) -> jax.Array:
-        """``fn(pred, y)`` after ``check(pred.shape, y)``: no silent broadcasting."""
+        """``fn(pred, y)`` after ``check(pred.shape, y)``: no silent broadcasting.
+
+        Also refused (a ValueError naming the argument): an empty batch (the mean
+        over no examples is NaN) and, for concrete arrays, NaN or ±Inf in ``pred``
+        or ``y``.
+        """
         if len(np.shape(pred)) != 2:
             raise ValueError(
                 f"pred: expected shape (batch, outputs), one row per example, got {np.shape(pred)}."
             )
+        if np.shape(pred)[0] == 0:
+            raise ValueError(
+                f"pred: expected at least one example (row): the loss is a mean over "
+                f"examples, got shape {np.shape(pred)}."
+            )
         self.check(tuple(np.shape(pred)), y)
+        check_finite("pred", pred)
+        check_finite("y", y)
         return self.fn(pred, y)
 
 
@@ -172,6 +184,34 @@ def _check_softmax_ce(pred_shape, y) -> None:
                 f"y: expected integer labels of shape ({n},) or one-hot/probability targets "
                 f"of shape ({n}, {k}), got {dtype} array of shape {_shape_of(y)}."
             )
+        if is_concrete(y) and n > 0:
+            _check_distributions(np.asarray(y))
+
+
+def _check_distributions(targets: np.ndarray) -> None:
+    """Float targets of softmax cross-entropy: each row a distribution over the k classes,
+    entries ≥ 0 summing to 1 within √ε of the dtype (3.5e-4 in float32, 1.5e-8 in float64).
+    NaN/Inf are left to the finiteness checks."""
+    if not np.all(np.isfinite(targets)):
+        return
+    negative = np.argwhere(targets < 0)
+    if negative.size:
+        i, j = negative[0]
+        raise ValueError(
+            f"y: expected one-hot or probability rows with entries ≥ 0, got y[{i}, {j}] = "
+            f"{float(targets[i, j])!r} ({len(negative)} negative entries)."
+        )
+    tol = float(np.sqrt(np.finfo(targets.dtype).eps)) if targets.dtype.kind == "f" else 0.0
+    sums = targets.sum(axis=-1, dtype=np.float64)
+    bad = np.flatnonzero(np.abs(sums - 1) > tol * max(1, targets.shape[-1]))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"y: expected one-hot or probability rows that sum to 1, got row {i} summing to "
+            f"{sums[i]:.6g} ({bad.size} of {len(sums)} rows off by more than "
+            f"{tol * max(1, targets.shape[-1]):.2g}). Pass integer labels of shape "
+            f"({len(sums)},) for hard labels."
+        )
 
 
 softmax_cross_entropy = Loss(

@@ -24,7 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import activations
-from gdjax._checks import check_finite, check_real_data, dtype_of, shape_of
+from gdjax._checks import (
+    check_finite,
+    check_key,
+    check_memory,
+    check_real_data,
+    describe,
+    dtype_of,
+    shape_of,
+)
 from gdjax.activations import Activation
 
 __all__ = ["MLP", "Params", "INIT_SCHEMES"]
@@ -32,6 +40,11 @@ __all__ = ["MLP", "Params", "INIT_SCHEMES"]
 Params = list[dict[str, jax.Array]]
 
 INIT_SCHEMES = ("glorot", "he", "normal")
+
+_PARAMS_FORM = (
+    "An MLP's params are [{'w': (n_1, n_0) array, 'b': (n_1,) array}, ...], one dict per "
+    "layer, as model.init(key) returns them (not nested lists)."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +90,29 @@ class MLP:
                 )
         object.__setattr__(self, "sizes", tuple(int(n) for n in sizes))
         object.__setattr__(self, "activation", activations.get(self.activation))
-        object.__setattr__(self, "output_activation", activations.get(self.output_activation))
+        object.__setattr__(
+            self,
+            "output_activation",
+            activations.get(self.output_activation, argument="output_activation"),
+        )
+
+    @property
+    def num_params(self) -> int:
+        """The number of scalars in params: Σ_l n_l (n_{l-1} + 1)."""
+        pairs = zip(self.sizes[:-1], self.sizes[1:], strict=True)
+        return sum(n_out * (n_in + 1) for n_in, n_out in pairs)
+
+    def check_size(self, dtype) -> None:
+        """Raise ``ValueError`` naming ``sizes`` when params of ``dtype`` would not fit in
+        memory (:func:`gdjax._checks.memory_limit`): bytes = :attr:`num_params` × itemsize."""
+        dtype = jnp.dtype(dtype)
+        check_memory(
+            "sizes",
+            self.num_params * dtype.itemsize,
+            "layer widths whose params",
+            f"sizes {self.sizes}: {self.num_params:,} params of {dtype.name} "
+            f"({dtype.itemsize} bytes each)",
+        )
 
     @property
     def num_layers(self) -> int:
@@ -134,14 +169,8 @@ class MLP:
             raise ValueError(f"scale: expected a non-negative number, got {scale!r}.")
         if not (math.isfinite(scale) and scale >= 0):
             raise ValueError(f"scale: expected a finite, non-negative number, got {scale!r}.")
-        if not (
-            isinstance(key, jax.Array)
-            and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-            or getattr(key, "dtype", None) == np.uint32
-        ):
-            raise ValueError(
-                f"key: expected a PRNG key, e.g. jax.random.key(0), got {type(key).__name__}."
-            )
+        check_key(key)
+        self.check_size(dtype)
         params = []
         keys = jax.random.split(key, self.num_layers)
         for layer_key, n_in, n_out in zip(keys, self.sizes[:-1], self.sizes[1:], strict=True):
@@ -203,10 +232,13 @@ class MLP:
     def check_params(self, params: Params) -> None:
         """Raise ``ValueError`` unless ``params`` has this model's structure and shapes."""
         if not isinstance(params, list | tuple) or len(params) != self.num_layers:
-            got = f"{len(params)} entries" if isinstance(params, list | tuple) else repr(params)
+            if isinstance(params, list | tuple):
+                got = f"{len(params)} entries"
+            else:
+                got = describe(params)
             raise ValueError(
                 f"params: expected a list of {self.num_layers} layer dicts for sizes "
-                f"{self.sizes}, got {got}."
+                f"{self.sizes}, got {got}. {_PARAMS_FORM}"
             )
         for layer, (p, n_in, n_out) in enumerate(
             zip(params, self.sizes[:-1], self.sizes[1:], strict=True)
@@ -214,7 +246,8 @@ class MLP:
             if not isinstance(p, dict) or set(p) != {"w", "b"}:
                 got = f"keys {sorted(p)}" if isinstance(p, dict) else type(p).__name__
                 raise ValueError(
-                    f"params[{layer}]: expected a dict with keys 'w' and 'b', got {got}."
+                    f"params[{layer}]: expected a dict with keys 'w' and 'b', got {got}. "
+                    f"{_PARAMS_FORM}"
                 )
             for name, want in (("w", (n_out, n_in)), ("b", (n_out,))):
                 if shape_of(p[name]) != want:

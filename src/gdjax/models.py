@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import backprop, losses
-from gdjax._checks import check_finite, check_num_examples, dtype_of, shape_of
+from gdjax._checks import (
+    MODULE_HINT,
+    check_finite,
+    check_num_examples,
+    dtype_of,
+    is_module,
+    shape_of,
+)
 from gdjax.losses import Loss
 from gdjax.mlp import MLP
 
@@ -45,10 +53,8 @@ __all__ = ["ApplyModel", "as_model", "as_loss", "objective", "check_batch", "is_
 PyTree = Any
 
 _MODEL_HINT = (
-    "Pass a gdjax.MLP, or a function apply(params, x) -> output over a params pytree "
-    "(an Equinox module: params, static = eqx.partition(module, eqx.is_array) and "
-    "apply = lambda p, x: eqx.combine(p, static)(x); a Flax NNX module: graphdef, params = "
-    "nnx.split(module) and apply = lambda p, x: nnx.merge(graphdef, p)(x))."
+    "Pass a gdjax.MLP, or a function apply(params, x) -> output over a params pytree. "
+    + MODULE_HINT
 )
 
 
@@ -92,11 +98,34 @@ def as_model(model: Any) -> MLP | ApplyModel:
     """
     if isinstance(model, MLP | ApplyModel):
         return model
+    if is_module(model):
+        raise ValueError(
+            f"model: expected a gdjax.MLP or a function apply(params, x), got the module "
+            f"{type(model).__name__} itself. {MODULE_HINT}"
+        )
     if callable(model) and not isinstance(model, type):
+        _check_two_arguments(model)
         return ApplyModel(model)
     raise ValueError(
         f"model: expected a gdjax.MLP or a function, got {type(model).__name__}. {_MODEL_HINT}"
     )
+
+
+def _check_two_arguments(fn: Callable) -> None:
+    """``fn`` must accept ``(params, x)``: a function of one argument (a module's
+    ``__call__(x)``) is refused when it is given, not when it is first called."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (a builtin): checked at the call
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        raise ValueError(
+            f"model: expected a function apply(params, x) of two arguments, got "
+            f"{name}{signature}. {_MODEL_HINT}"
+        ) from None
 
 
 def _no_check(pred_shape, y) -> None:
@@ -153,10 +182,12 @@ def check_batch(model: Any, loss: Loss, params: PyTree, x, y, *, finite_params: 
         dtype = dtype_of(leaf)
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             got = dtype if dtype is not None else type(leaf).__name__
+            hint = MODULE_HINT if dtype is None or dtype == np.dtype(object) else ""
+            if dtype == np.dtype(object):
+                got = type(leaf).__name__
             raise ValueError(
                 f"params{jax.tree_util.keystr(path)}: expected a floating array, got {got}. "
-                f"Only arrays belong in params: split a module's static parts off first. "
-                f"{_MODEL_HINT}"
+                f"{hint}".rstrip()
             )
     if not shape_of(x) or shape_of(x)[0] == 0:
         raise ValueError(

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import activations
-from gdjax._checks import shape_of
+from gdjax._checks import check_key, check_memory, shape_of
 from gdjax.activations import Activation
 
 __all__ = [
@@ -122,13 +122,7 @@ def _init_dtype(dtype) -> jnp.dtype:
 
 
 def _check_key(key) -> None:
-    if not (
-        isinstance(key, jax.Array)
-        and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32)
-    ):
-        raise ValueError(
-            f"key: expected a jax.random key such as jax.random.key(0), got {type(key).__name__}."
-        )
+    check_key(key)
 
 
 def _layer(key, shape: tuple[int, ...], fan_in: int, fan_out: int, scheme: str, dtype) -> dict:
@@ -155,6 +149,13 @@ def _init(net, key, scheme: str, dtype) -> Params:
         raise ValueError(f"scheme: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}.")
     dtype = _init_dtype(dtype)
     _check_key(key)
+    count = sum(math.prod(s["w"]) + math.prod(s["b"]) for s in net.param_shapes())
+    check_memory(
+        "net",
+        count * dtype.itemsize,
+        "a net whose params",
+        f"{net!r}: {count:,} params of {dtype.name} ({dtype.itemsize} bytes each)",
+    )
     keys = jax.random.split(key, net.num_layers)
     return [
         _layer(k, shapes["w"], fan_in, fan_out, scheme, dtype)

@@ -59,6 +59,7 @@ __all__ = [
     "adamw",
     "get",
     "names",
+    "check_schedule",
 ]
 
 
@@ -114,8 +115,49 @@ def _real(value) -> float | None:
     return None
 
 
+SCHEDULE_STEPS = (0, 1, 10, 100, 1_000, 10_000, 100_000)
+"""The update counts k at which a learning-rate schedule is read when it is built."""
+
+
+def check_schedule(schedule: Callable, name: str = "learning_rate") -> Callable:
+    """A schedule ``k ↦ η_k``, read at :data:`SCHEDULE_STEPS` (concrete ints, outside
+    ``jit``): a ValueError naming ``name`` if a value is negative, NaN or infinite
+    (η_k = 0 is allowed: warm-up and decay-to-zero schedules pass through it).
+
+    A schedule that cannot be called on a plain int (one that needs a traced
+    count) is read inside ``update`` only, unchecked.
+    """
+    for k in SCHEDULE_STEPS:
+        try:
+            value = schedule(k)
+        except Exception:  # not callable on a Python int: nothing to read here
+            return schedule
+        if not is_concrete(value):
+            return schedule
+        try:
+            value = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name}: expected a schedule whose values η_k are real numbers, got "
+                f"{type(value).__name__} at k = {k}."
+            ) from None
+        if value.shape != ():
+            raise ValueError(
+                f"{name}: expected a schedule whose values η_k are scalars, got shape "
+                f"{value.shape} at k = {k}."
+            )
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"{name}: expected a schedule whose values η_k are finite and ≥ 0 (a "
+                f"negative η ascends the loss), got η_{k} = {float(value)!r}."
+            )
+    return schedule
+
+
 def _check_learning_rate(value):
-    if callable(value) or not is_concrete(value):
+    if callable(value):
+        return check_schedule(value)
+    if not is_concrete(value):
         return value
     x = _real(value)
     if x is None or not (0 < x < math.inf):

@@ -32,6 +32,11 @@ class DivergedWarning(RuntimeWarning):
     """Training stopped because the loss or the params stopped being finite."""
 
 
+class LongRunWarning(UserWarning):
+    """The epochs asked for would take longer than :data:`gdjax.train.loop.LONG_RUN_SECONDS`
+    (estimated from the first block of epochs)."""
+
+
 def divergence_message(epoch, global_step, schedule: _Schedule, step_losses, lr) -> str:
     """What a :class:`DivergedWarning` says: where, the last finite loss, what to try."""
     finite = step_losses[np.isfinite(step_losses)]

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from gdjax import diagnostics, runs
 from gdjax._checks import (
+    check_key,
     check_num_examples,
     check_positive_int,
     is_concrete,
@@ -54,7 +55,7 @@ from gdjax.train.epochs import (
     _make_epochs,
     _Schedule,
 )
-from gdjax.train.history import DivergedWarning, Log
+from gdjax.train.history import DivergedWarning, Log, LongRunWarning
 from gdjax.train.step import (
     DATA_AXIS,
     MEMBER_AXIS,
@@ -66,6 +67,7 @@ from gdjax.train.step import (
     _grad_fn,
     _put,
     _shards,
+    check_opt_state,
     data_mesh,
     make_optimizer,
 )
@@ -200,9 +202,51 @@ def _check_options(
             f"run_dir: expected a directory to write checkpoints into, since "
             f"checkpoint_every={checkpoint_every}, got None."
         )
-    if run_dir is not None and not isinstance(run_dir, str | os.PathLike):
-        raise ValueError(f"run_dir: expected a path, got {type(run_dir).__name__}.")
+    if run_dir is not None:
+        _check_run_dir(run_dir)
     return options
+
+
+def _check_run_dir(run_dir) -> None:
+    """``run_dir`` must be a path that is, or can become, a directory: refused before
+    training when it (or a parent) is an existing file, not at the first checkpoint.
+
+    A local check; :mod:`gdjax.runs` is to gain a shared one (``check_run_dir``).
+    """
+    if not isinstance(run_dir, str | os.PathLike):
+        raise ValueError(f"run_dir: expected a path, got {type(run_dir).__name__}.")
+    path = Path(run_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path and not path.is_dir():
+        raise ValueError(
+            f"run_dir: expected a directory (existing or new) to write checkpoints into, "
+            f"got {str(path)!r}, an existing file."
+        )
+    if not existing.is_dir():
+        raise ValueError(
+            f"run_dir: expected a path whose parents are directories, got {str(path)!r}, "
+            f"under the existing file {str(existing)!r}."
+        )
+
+
+MAX_STEPS = 2**31 - 1
+"""The most steps one run can take: epochs and the global step are int32 on the device."""
+
+LONG_RUN_SECONDS = 24 * 3600.0
+"""A run whose estimated time (measured on the first block of epochs) exceeds this
+many seconds gets one :class:`~gdjax.train.history.LongRunWarning`."""
+
+
+def _check_total_steps(epochs: int, schedule: _Schedule) -> None:
+    """epochs × steps per epoch must fit the device's int32 step counter."""
+    if epochs * schedule.steps > MAX_STEPS:
+        raise ValueError(
+            f"epochs: expected at most {MAX_STEPS // schedule.steps:,} epochs of "
+            f"{schedule.steps} steps (the step counter is int32: at most 2^31 − 1 = "
+            f"{MAX_STEPS:,} steps), got {epochs:,}."
+        )
 
 
 def _check_data(data, batch_size, mesh: Mesh | None) -> tuple[tuple, _Schedule]:
@@ -350,10 +394,13 @@ def fit(
     _grad_fn(model, loss, grad)  # validates `grad`
     mesh = data_mesh(mesh)
     data, schedule = _check_data(data, batch_size, mesh)
+    _check_total_steps(options["epochs"], schedule)
     _check_key(key)
     like = params if params is not None else jax.eval_shape(model.init, key)
     _check_batches(model, loss, like, data, given=params is not None)
     _check_first_order(tx, like)
+    if opt_state is not None:
+        check_opt_state(tx, like, opt_state)
 
     init_key, shuffle_key = jax.random.split(key)
     params_given, state_given = params, opt_state
@@ -467,6 +514,7 @@ class _Host:
         )
         self.start = time.perf_counter()
         self.compile_s = 0.0  # time spent in first calls (tracing and compiling)
+        self.warned_long = False
         self.compiled: set = set()
         self._lock = threading.Lock()
         self._shown = time.perf_counter()
@@ -522,13 +570,26 @@ class _Host:
             for name, value in evals.items():
                 log.record(name, np.asarray(value, np.float64))
         running = max(time.perf_counter() - self.start - self.compile_s, 1e-9)
-        steps = (last - self.first_epoch + 1) * self.run.schedule.steps
+        done = last - self.first_epoch + 1
+        steps = done * self.run.schedule.steps
+        left = running / done * (self.run.epochs - last)
         self.bar.set_postfix(
             loss=f"{np.nanmedian(log.losses[-1]):.4g}",
             steps_per_s=f"{steps / running:.0f}",
             compile=f"{self.compile_s:.1f}s",
+            left=_duration(left),
         )
         self.advance(last)
+        if not self.warned_long and left > LONG_RUN_SECONDS:
+            self.warned_long = True
+            warnings.warn(
+                f"epochs: {self.run.epochs:,} epochs will take about {_duration(left)} more "
+                f"({running / done:.3g} s per epoch over the {done} measured, compilation "
+                f"apart), beyond {_duration(LONG_RUN_SECONDS)}. Interrupt it (Ctrl-C) and ask "
+                f"for fewer epochs, or let it run.",
+                LongRunWarning,
+                stacklevel=_user_stacklevel(),
+            )
         return False
 
     def diagnostics(self, last: int, params) -> None:
@@ -730,6 +791,19 @@ def _member_message(log: Log, m: int) -> str:
     )
 
 
+def _duration(seconds: float) -> str:
+    """``seconds`` for a reader: 42 s, 3.5 min, 7.2 h, 12 days, 3.2e+04 years."""
+    for unit, size, least in (
+        ("years", 365.25 * 86400, 2),
+        ("days", 86400, 2),
+        ("h", 3600, 1),
+        ("min", 60, 1),
+    ):
+        if seconds >= least * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.2g} s"
+
+
 def _user_stacklevel() -> int:
     """The stack level of the first frame outside gdjax: a warning points at the user's call."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -789,12 +863,7 @@ def _check_schedule(schedule: _Schedule, n: int, mesh: Mesh | None) -> None:
 
 
 def _check_key(key) -> None:
-    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
-    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-    raw = dtype is not None and not typed and dtype == np.uint32 and shape == (2,)
-    if not isinstance(key, jax.Array) or not ((typed and shape == ()) or raw):
-        got = f"dtype {dtype} and shape {shape}" if dtype is not None else type(key).__name__
-        raise ValueError(f"key: expected one PRNG key, e.g. jax.random.key(0), got {got}.")
+    check_key(key)
 
 
 def _check_first_order(tx: optax.GradientTransformation, like) -> None:

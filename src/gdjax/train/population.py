@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gdjax._checks import describe
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
 from gdjax.models import as_loss, as_model
@@ -309,6 +310,8 @@ def _check_keys(keys) -> int:
     raw = dtype is not None and not typed and dtype == np.uint32 and len(shape) == 2
     if not isinstance(keys, jax.Array) or not ((typed and len(shape) == 1) or raw):
         got = f"dtype {dtype} and shape {shape}" if dtype is not None else type(keys).__name__
+        if dtype is None:
+            got = describe(keys)
         raise ValueError(
             f"keys: expected a 1-D array of P PRNG keys, e.g. "
             f"jax.random.split(jax.random.key(0), P), got {got}."

@@ -23,12 +23,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gdjax import runs
-from gdjax._checks import shape_of
+from gdjax._checks import dtype_of, shape_of
 from gdjax.backprop import backprop
 from gdjax.losses import Loss
 from gdjax.metrics import accuracy
 from gdjax.mlp import MLP, Params
 from gdjax.models import ApplyModel, as_loss, as_model, check_batch, objective
+from gdjax.optim import check_schedule
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": optax.sgd,
@@ -76,7 +77,9 @@ def make_optimizer(
             f"learning_rate: expected a positive number for optimizer {optimizer!r}, got none."
         )
     lr = hyperparams["learning_rate"]
-    if not callable(lr) and (
+    if callable(lr):
+        check_schedule(lr)
+    elif (
         isinstance(lr, bool)
         or not isinstance(lr, int | float | np.floating | np.integer)
         or not (lr > 0 and math.isfinite(lr))
@@ -119,6 +122,58 @@ def _default_grad(model: MLP | ApplyModel, grad: GradMode | None) -> GradMode:
     if grad is None:
         return "hand" if isinstance(model, MLP) else "auto"
     return grad
+
+
+def _brief(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@functools.lru_cache(maxsize=64)
+def _state_like(tx, treedef, leaf_specs, members: bool):
+    """The structure and leaf shapes of ``tx.init(params)`` (``jax.eval_shape``: nothing
+    compiles), once per optimizer and params shapes."""
+    like = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*spec) for spec in leaf_specs])
+    init = jax.vmap(tx.init) if members else tx.init
+    try:
+        state = jax.eval_shape(init, like)
+    except Exception:  # an optimizer that cannot init these params says so itself later
+        return None
+    leaves, state_def = jax.tree_util.tree_flatten_with_path(state)
+    return state_def, tuple((jax.tree_util.keystr(path), leaf.shape) for path, leaf in leaves)
+
+
+def check_opt_state(tx, params, opt_state, *, members: bool = False) -> None:
+    """Raise ``ValueError`` naming ``opt_state`` unless it has the structure and leaf
+    shapes of ``tx.init(params)`` (found by ``jax.eval_shape``; nothing compiles).
+
+    Catches a missing state (``None``), the state of another optimizer, and the
+    state of other params, which optax would otherwise report from inside the
+    update ("number of updates and states has to be the same in chain") or not
+    at all. With ``members``, every leaf carries a leading member axis.
+    """
+    fix = "build it with optimizer.init(params) (step.optimizer.init(params) for make_step)"
+    if opt_state is None:
+        raise ValueError(f"opt_state: expected the optimizer's state; {fix}. Got None.")
+    leaves, treedef = jax.tree.flatten(params)
+    specs = tuple((tuple(np.shape(a)), np.dtype(dtype_of(a) or np.float32)) for a in leaves)
+    expected = _state_like(tx, treedef, specs, members)
+    if expected is None:
+        return
+    state_def, shapes = expected
+    got_leaves, got_def = jax.tree_util.tree_flatten_with_path(opt_state)
+    if got_def != state_def:
+        raise ValueError(
+            f"opt_state: expected the state of this optimizer for these params "
+            f"({state_def.num_leaves} leaves: {_brief(str(state_def))}), got "
+            f"{got_def.num_leaves} leaves: {_brief(str(got_def))}. A state of another "
+            f"optimizer or of other params does not fit; {fix}."
+        )
+    for (path, want), (_, leaf) in zip(shapes, got_leaves, strict=True):
+        if shape_of(leaf) != tuple(want):
+            raise ValueError(
+                f"opt_state{path}: expected shape {tuple(want)}, as optimizer.init(params) "
+                f"gives for these params, got {shape_of(leaf)}; {fix}."
+            )
 
 
 def _apply_step(grad_fn, optimizer, params, opt_state, x, y):
@@ -249,7 +304,11 @@ def make_step(
     Args:
       model: a :class:`gdjax.MLP`, or any function ``apply(params, x) -> output``
         over a params pytree (see :mod:`gdjax.models`; pass the same function
-        object each time so compiled code is reused).
+        object each time so compiled code is reused). Checked when the step is
+        built: a module object (Equinox, Flax) or a function that does not take
+        two arguments is refused then. Params, data and the output's shape are
+        checked at every call, before anything compiles (``jax.eval_shape``),
+        and ``opt_state`` against ``step.optimizer.init(params)``.
       loss: a :class:`~gdjax.losses.Loss` or its name, or any function
         ``loss(output, y) -> scalar`` (a mean over the batch).
       optimizer: an ``optax.GradientTransformation`` or a name from :data:`OPTIMIZERS`
@@ -305,6 +364,7 @@ def make_step(
     def step(params, opt_state, x, y):
         # params stay on the device: their finiteness is not read back every step
         check_batch(model, loss, params, x, y, finite_params=False)
+        check_opt_state(tx, params, opt_state)
         if mesh is not None:
             _check_rows("x", shape_of(x)[0], mesh)
             params, opt_state = _put((params, opt_state), replicated)
