@@ -177,12 +177,12 @@ ROWS = {
     "fit, run_dir an existing file": (
         bad_fit(run_dir=__file__),
         ValueError,
-        r"run_dir: expected a directory \(existing or new\).*an existing file",
+        r"run_dir: expected a directory \(new or existing\).*which is a file",
     ),
     "fit, run_dir under a file": (
         bad_fit(run_dir=__file__ + "/run"),
         ValueError,
-        r"run_dir: expected a path whose parents are directories.*under the existing file",
+        r"run_dir: expected a directory \(new or existing\).*which is inside .*, which is a file",
     ),
     "fit_population, run_dir an existing file": (
         bad_population(run_dir=__file__),

@@ -214,7 +214,7 @@ def test_checkpoint_arguments_are_checked(tmp_path):
         run(None)
     with pytest.raises(ValueError, match=r"checkpoint_every: expected a non-negative integer"):
         run(tmp_path, checkpoint_every=-1)
-    with pytest.raises(ValueError, match=r"run_dir: expected a path, got int"):
+    with pytest.raises(TypeError, match=r"run_dir: expected a directory path .*, got int"):
         run(3)
 
 

@@ -51,6 +51,7 @@ from gdjax.metrics import accuracy as accuracy
 from gdjax.train.epochs import MAX_EPOCHS_PER_CALL as MAX_EPOCHS_PER_CALL
 from gdjax.train.epochs import steps_per_epoch as steps_per_epoch
 from gdjax.train.history import DivergedWarning as DivergedWarning
+from gdjax.train.history import LongRunWarning as LongRunWarning
 from gdjax.train.loop import FitResult as FitResult
 from gdjax.train.loop import fit as fit
 from gdjax.train.population import PopulationResult as PopulationResult
@@ -75,6 +76,7 @@ __all__ = [
     "evaluate",
     "FitResult",
     "DivergedWarning",
+    "LongRunWarning",
     "data_mesh",
     "member_mesh",
 ]

@@ -203,32 +203,8 @@ def _check_options(
             f"checkpoint_every={checkpoint_every}, got None."
         )
     if run_dir is not None:
-        _check_run_dir(run_dir)
+        runs.check_run_dir(run_dir, "run_dir")
     return options
-
-
-def _check_run_dir(run_dir) -> None:
-    """``run_dir`` must be a path that is, or can become, a directory: refused before
-    training when it (or a parent) is an existing file, not at the first checkpoint.
-
-    A local check; :mod:`gdjax.runs` is to gain a shared one (``check_run_dir``).
-    """
-    if not isinstance(run_dir, str | os.PathLike):
-        raise ValueError(f"run_dir: expected a path, got {type(run_dir).__name__}.")
-    path = Path(run_dir)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing == path and not path.is_dir():
-        raise ValueError(
-            f"run_dir: expected a directory (existing or new) to write checkpoints into, "
-            f"got {str(path)!r}, an existing file."
-        )
-    if not existing.is_dir():
-        raise ValueError(
-            f"run_dir: expected a path whose parents are directories, got {str(path)!r}, "
-            f"under the existing file {str(existing)!r}."
-        )
 
 
 MAX_STEPS = 2**31 - 1
