@@ -139,7 +139,19 @@ def _state_like(tx, treedef, leaf_specs, members: bool):
     except Exception:  # an optimizer that cannot init these params says so itself later
         return None
     leaves, state_def = jax.tree_util.tree_flatten_with_path(state)
-    return state_def, tuple((jax.tree_util.keystr(path), leaf.shape) for path, leaf in leaves)
+    return state_def, tuple(
+        (jax.tree_util.keystr(path), tuple(leaf.shape)) for path, leaf in leaves
+    )
+
+
+def _shape(a) -> tuple[int, ...]:
+    shape = getattr(a, "shape", None)
+    return shape if type(shape) is tuple else tuple(np.shape(a))
+
+
+def _dtype(a) -> np.dtype:
+    dtype = getattr(a, "dtype", None)
+    return dtype if isinstance(dtype, np.dtype) else np.dtype(dtype_of(a) or np.float32)
 
 
 def check_opt_state(tx, params, opt_state, *, members: bool = False) -> None:
@@ -154,13 +166,15 @@ def check_opt_state(tx, params, opt_state, *, members: bool = False) -> None:
     fix = "build it with optimizer.init(params) (step.optimizer.init(params) for make_step)"
     if opt_state is None:
         raise ValueError(f"opt_state: expected the optimizer's state; {fix}. Got None.")
+    # Called on every step of make_step's step: plain .shape/.dtype reads, paths only
+    # in the messages.
     leaves, treedef = jax.tree.flatten(params)
-    specs = tuple((tuple(np.shape(a)), np.dtype(dtype_of(a) or np.float32)) for a in leaves)
+    specs = tuple((_shape(a), _dtype(a)) for a in leaves)
     expected = _state_like(tx, treedef, specs, members)
     if expected is None:
         return
     state_def, shapes = expected
-    got_leaves, got_def = jax.tree_util.tree_flatten_with_path(opt_state)
+    got_leaves, got_def = jax.tree.flatten(opt_state)
     if got_def != state_def:
         raise ValueError(
             f"opt_state: expected the state of this optimizer for these params "
@@ -168,8 +182,8 @@ def check_opt_state(tx, params, opt_state, *, members: bool = False) -> None:
             f"{got_def.num_leaves} leaves: {_brief(str(got_def))}. A state of another "
             f"optimizer or of other params does not fit; {fix}."
         )
-    for (path, want), (_, leaf) in zip(shapes, got_leaves, strict=True):
-        if shape_of(leaf) != tuple(want):
+    for (path, want), leaf in zip(shapes, got_leaves, strict=True):
+        if _shape(leaf) != want:
             raise ValueError(
                 f"opt_state{path}: expected shape {tuple(want)}, as optimizer.init(params) "
                 f"gives for these params, got {shape_of(leaf)}; {fix}."
