@@ -33,8 +33,8 @@ class DivergedWarning(RuntimeWarning):
 
 
 class LongRunWarning(UserWarning):
-    """The epochs asked for would take longer than :data:`gdjax.train.loop.LONG_RUN_SECONDS`
-    (estimated from the first block of epochs)."""
+    """The epochs asked for would take longer than ``gdjax.train.loop.LONG_RUN_SECONDS``
+    (one day), estimated from the first block of epochs."""
 
 
 def divergence_message(epoch, global_step, schedule: _Schedule, step_losses, lr) -> str:
