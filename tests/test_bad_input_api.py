@@ -173,6 +173,18 @@ ROWS = {
         ValueError,
         r"opt_state\[0\]\.mu\[0\]\['b'\]: expected shape \(9,\)",
     ),
+    "fit_population, opt_state of another optimizer": (
+        bad_population(
+            opt_state=jax.tree.map(lambda a: np.stack([a, a]), ADAM_STATE), learning_rate=0.1
+        ),
+        ValueError,
+        r"opt_state: expected the state of this optimizer",
+    ),
+    "fit_population, opt_state without the member axis": (
+        bad_population(optimizer="adam", opt_state=ADAM_STATE),
+        ValueError,
+        r"opt_state",
+    ),
     # ------------------------------------------------ run_dir that is a file
     "fit, run_dir an existing file": (
         bad_fit(run_dir=__file__),

@@ -56,6 +56,7 @@ from gdjax.train.step import (
     MeshLike,
     _default_grad,
     _grad_fn,
+    check_opt_state,
     make_optimizer,
     member_mesh,
 )
@@ -199,26 +200,30 @@ def fit_population(
             f"mesh axis {MEMBER_AXIS!r}, got {size} ({size} % {d} = {size % d})."
         )
     data, schedule = _check_data(data, batch_size, None)
-    init_keys, shuffle_keys = _split_keys(keys)
     if params is not None:
         _check_member_axis("params", params, size)
         like = jax.tree.map(lambda a: a[0], params)
         for leaf in jax.tree.leaves(params):
             _check_finite("params", leaf)
     else:
-        like = jax.eval_shape(lambda k: model.init(k[0]), init_keys)  # compiles nothing
+        like = jax.eval_shape(lambda k: model.init(k[0]), keys)  # compiles nothing
     _check_batches(model, loss, like, data, given=False)
     if opt_state is not None:
         _check_member_axis("opt_state", opt_state, size)
 
+    dtype = _float_dtype(like)
+    tx = _member_optimizer(optimizer, shared, tuple(per_member), dtype)
+    _check_first_order(tx, like)
+    if opt_state is not None:
+        stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *a.shape), a.dtype), like)
+        check_opt_state(tx, stacked, opt_state, members=True)
+
+    init_keys, shuffle_keys = _split_keys(keys)  # the first compiled call: inputs checked
     params_given, state_given = params, opt_state
     if params is None:
         params = _init_members(model, init_keys)
     else:  # copies: the blocks donate their buffers
         params = jax.tree.map(jnp.array, params)
-    dtype = _float_dtype(params)
-    tx = _member_optimizer(optimizer, shared, tuple(per_member), dtype)
-    _check_first_order(tx, like)
     if opt_state is None:
         opt_state = _init_states(tx, params)
         if per_member:
