@@ -67,7 +67,9 @@ from gdjax.curvature.hutchinson import TraceEstimate as TraceEstimate
 from gdjax.curvature.hutchinson import trace as trace
 from gdjax.curvature.layers import LayerCurvature as LayerCurvature
 from gdjax.curvature.layers import layer_curvature as layer_curvature
+from gdjax.curvature.newton import DENSE_WARN_PARAMS as DENSE_WARN_PARAMS
 from gdjax.curvature.newton import MAX_DENSE_PARAMS as MAX_DENSE_PARAMS
+from gdjax.curvature.newton import CostWarning as CostWarning
 from gdjax.curvature.newton import NewtonResult as NewtonResult
 from gdjax.curvature.newton import newton_step as newton_step
 from gdjax.curvature.population import PopulationEigen as PopulationEigen
@@ -105,6 +107,8 @@ __all__ = [
     "newton_step",
     "NewtonResult",
     "MAX_DENSE_PARAMS",
+    "DENSE_WARN_PARAMS",
+    "CostWarning",
     "population_top_eigenvalues",
     "PopulationEigen",
     "population_trace",

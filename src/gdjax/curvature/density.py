@@ -23,6 +23,7 @@ from gdjax.curvature.eigen import _basis_rows, _lanczos_update, _set_orthonormal
 from gdjax.curvature.products import (
     _check_choice,
     _check_data_chunk,
+    _check_f,
     _check_key,
     _check_params,
     _flat_operator,
@@ -226,6 +227,7 @@ def spectral_density(
     """
     n = _check_params(params)
     check_finite_args(args)
+    _check_f(f, params, args)
     if lanczos_steps is None:
         lanczos_steps = min(90, n)
     steps = check_positive_int("lanczos_steps", lanczos_steps)

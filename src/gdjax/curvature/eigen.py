@@ -26,6 +26,7 @@ from gdjax.curvature.products import (
     _apply_operator,
     _check_choice,
     _check_data_chunk,
+    _check_f,
     _check_key,
     _check_like,
     _check_params,
@@ -561,6 +562,7 @@ def top_eigenvalues(
     """
     n = _check_params(params)
     check_finite_args(args)
+    _check_f(f, params, args)
     method = _check_choice("method", method, ("lanczos", "power"))
     if which is None:
         which = "largest" if method == "lanczos" else "magnitude"

@@ -17,7 +17,13 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gdjax._checks import check_finite_args, check_positive_int
-from gdjax.curvature.products import _check_data_chunk, _check_key, _check_params, _flat_operator
+from gdjax.curvature.products import (
+    _check_data_chunk,
+    _check_f,
+    _check_key,
+    _check_params,
+    _flat_operator,
+)
 
 __all__ = ["trace", "TraceEstimate"]
 
@@ -97,6 +103,7 @@ def trace(
     """
     _check_params(params)
     check_finite_args(args)
+    _check_f(f, params, args)
     samples = check_positive_int("samples", samples)
     if samples < 2:
         raise ValueError(

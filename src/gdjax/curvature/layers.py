@@ -30,6 +30,7 @@ from gdjax.curvature.hutchinson import trace
 from gdjax.curvature.products import (
     _check_choice,
     _check_data_chunk,
+    _check_f,
     _check_key,
     _check_params,
     _flat_operator,
@@ -311,6 +312,7 @@ def layer_curvature(
     """
     _check_params(params)
     check_finite_args(args)
+    _check_f(f, params, args)
     split = _layers(params)
     trace_method = _check_choice("trace_method", trace_method, ("auto", "exact", "hutchinson"))
     samples = check_positive_int("samples", samples)

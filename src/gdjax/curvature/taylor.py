@@ -27,6 +27,7 @@ from gdjax._checks import check_finite_args, check_finite_number
 from gdjax.curvature.layers import _block_lambda_max, _layer_index, _restrict
 from gdjax.curvature.products import (
     _check_data_chunk,
+    _check_f,
     _check_key,
     _check_like,
     _check_params,
@@ -188,6 +189,7 @@ def taylor_step(
     """
     _check_params(params)
     check_finite_args(args)
+    _check_f(f, params, args)
     etas_np = np.asarray(etas)
     if etas_np.ndim != 1 or etas_np.size == 0 or not np.issubdtype(etas_np.dtype, np.number):
         raise ValueError(
