@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax import _jit
 from gdjax._checks import check_positive_int
 from gdjax.mlp import MLP, Params
 
@@ -87,6 +88,10 @@ def layer_jacobians(model: MLP, params: Params, x: jax.Array) -> list[jax.Array]
       [(4, 3, 2), (4, 1, 3)]
     """
     _check(model, params, x)
+    return _jit.call(_layer_jacobians, (model,), params, x)
+
+
+def _layer_jacobians(model: MLP, params: Params, x) -> list[jax.Array]:
     zs, _ = model.trace(params, x)
     return [
         # diag(σ'(z^l_i)) w^l: scale row k of w^l by σ'(z^l_{ik})
@@ -106,8 +111,13 @@ def jacobian_products(model: MLP, params: Params, x: jax.Array) -> list[jax.Arra
       A list of L arrays, entry l − 1 of shape ``(batch, n_l, n_0)``; the last is
       :func:`input_output_jacobian`.
     """
+    _check(model, params, x)
+    return _jit.call(_jacobian_products, (model,), params, x)
+
+
+def _jacobian_products(model: MLP, params: Params, x) -> list[jax.Array]:
     products, total = [], None
-    for j in layer_jacobians(model, params, x):
+    for j in _layer_jacobians(model, params, x):
         total = j if total is None else j @ total
         products.append(total)
     return products
@@ -126,7 +136,12 @@ def input_output_jacobian(model: MLP, params: Params, x: jax.Array) -> jax.Array
       >>> input_output_jacobian(model, params, jnp.ones((1, 2))).tolist()
       [[[3.0, -1.0]]]
     """
-    return jacobian_products(model, params, x)[-1]
+    _check(model, params, x)
+    return _jit.call(_input_output_jacobian, (model,), params, x)
+
+
+def _input_output_jacobian(model: MLP, params: Params, x) -> jax.Array:
+    return _jacobian_products(model, params, x)[-1]
 
 
 class JacobianSpectra(NamedTuple):
@@ -176,7 +191,12 @@ def jacobian_singular_values(model: MLP, params: Params, x: jax.Array) -> Jacobi
       Glorot & Bengio (2010), "Understanding the difficulty of training deep
       feedforward neural networks", AISTATS.
     """
-    layers = layer_jacobians(model, params, x)
+    _check(model, params, x)
+    return _jit.call(_singular_values, (model,), params, x)
+
+
+def _singular_values(model: MLP, params: Params, x) -> JacobianSpectra:
+    layers = _layer_jacobians(model, params, x)
     products, total = [], None
     for j in layers:
         total = j if total is None else j @ total
