@@ -7,6 +7,10 @@ same shapes compiles nothing. Inside a user's ``jit``/``vmap``/``grad`` the
 un-jitted body runs (nothing is added to gdjax's cache of compiled bodies).
 """
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +18,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import gdjax
-from gdjax import _jit, curvature, diagnostics, jacobians, per_example
+from gdjax import _jit, cli, curvature, diagnostics, jacobians, per_example
 from gdjax.mlp import MLP
 
 MODEL = MLP((3, 5, 2), activation="tanh")
@@ -176,3 +180,84 @@ def test_an_unhashable_f_runs_eagerly_with_the_same_result():
     assert len(_jit._cache) == size
     want = curvature.hvp(F, params, v, x, y)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), got, want)
+
+
+# ---------------------------------------------------------------- the scripts' compilation cache
+
+TINY_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp
+from gdjax import cli
+
+def main(argv):
+    cli.parser("A tiny script.").parse_args(argv)
+    print(jax.jit(lambda x: jnp.sin(x) * 2.0)(jnp.arange(3.0)).tolist())
+    print(jax.config.jax_compilation_cache_dir)
+    return 0
+
+sys.exit(cli.run(main))
+"""
+
+
+def _run_tiny(cache_root, *flags):
+    env = {k: v for k, v in os.environ.items() if k != cli.COMPILE_CACHE_ENV}
+    env |= {"GDJAX_CACHE_DIR": str(cache_root), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", TINY_SCRIPT, *flags], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.splitlines()
+
+
+def test_a_script_keeps_its_compiled_programs_in_the_cache_dir(tmp_path):
+    cache = tmp_path / "cache" / "jax-cache"
+    first = _run_tiny(tmp_path / "cache")
+    assert first[1] == str(cache)
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries  # the programs compiled by the first run
+    second = _run_tiny(tmp_path / "cache")
+    assert second == first  # the same output from the cached programs
+    assert sorted(p.name for p in cache.iterdir()) == entries  # nothing compiled anew
+
+
+@pytest.mark.parametrize(
+    "flags, env, on",
+    [
+        pytest.param([], {}, True, id="default"),
+        pytest.param(["--no-compile-cache"], {}, False, id="flag"),
+        pytest.param([], {"GDJAX_COMPILE_CACHE": "0"}, False, id="env"),
+    ],
+)
+def test_the_cache_is_on_in_a_script_unless_turned_off(flags, env, on, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(cli, "enable_compile_cache", lambda: calls.append(1))
+    monkeypatch.delenv(cli.COMPILE_CACHE_ENV, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    def main(argv):
+        cli.parser("A script.").parse_args(argv)
+        return 0
+
+    assert main(flags) == 0 and calls == []  # main called directly, as tests call it
+    assert cli.run(main, flags) == 0
+    assert calls == ([1] if on else [])
+    assert not cli._running
+
+
+def test_enable_compile_cache_sets_jax_config(tmp_path, monkeypatch):
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    before = {name: getattr(jax.config, name) for name in names}
+    try:
+        assert cli.enable_compile_cache(tmp_path / "c") == tmp_path / "c"
+        got = {name: getattr(jax.config, name) for name in names}
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+    assert got == dict(zip(names, (str(tmp_path / "c"), 0.0, 0), strict=True))
+    monkeypatch.setenv("GDJAX_CACHE_DIR", str(tmp_path / "root"))
+    assert cli.compile_cache_dir() == tmp_path / "root" / "jax-cache"
