@@ -80,51 +80,82 @@ def problem(quick: bool) -> dict[str, Any]:
             "f": gdjax.objective(model, LOSS)}  # fmt: skip
 
 
-def cases(p: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]]:
-    """name -> (as called, user-jitted or None), each a thunk on the problem ``p``."""
+def cases(p: dict[str, Any]) -> dict[str, Callable[[], tuple[Callable, Callable | None]]]:
+    """name -> a builder of (as called, user-jitted or None), thunks on the problem ``p``.
+
+    A builder does its set-up (an operator, directions, a jitted wrapper) only when called.
+    """
     model, params, x, y, v, f = (p[k] for k in ("model", "params", "x", "y", "v", "f"))
     key = jax.random.key(1)
-    d1 = landscape.filter_normalized_direction(jax.random.key(2), params)
-    d2 = landscape.filter_normalized_direction(jax.random.key(3), params)
-    grid = np.linspace(-1.0, 1.0, 21)
-    operator = curvature.hvp_operator(f, params, x, y)
+    xs = x[:64]
+    etas = [1e-3, 1e-2, 0.1, 0.3, 1.0]
     jit = jax.jit
 
-    hvp_j = jit(lambda q, u, a, b: curvature.hvp(f, q, u, a, b))
-    gnvp_j = jit(lambda q, u, a, b: curvature.gnvp(model, LOSS, q, u, a, b))
-    peg_j = jit(lambda q, a, b: per_example.per_example_grads(model, LOSS, q, a, b))
-    pen_j = jit(lambda q, a, b: per_example.per_example_grad_norms(model, LOSS, q, a, b))
-    rep_j = jit(lambda q, a, b: diagnostics.gradient_report(model, LOSS, q, a, b))
-    jac_j = jit(lambda q, a: jacobians.jacobian_singular_values(model, q, a))
-    xs = x[:64]
+    def hvp():
+        j = jit(lambda q, u, a, b: curvature.hvp(f, q, u, a, b))
+        return lambda: curvature.hvp(f, params, v, x, y), lambda: j(params, v, x, y)
+
+    def operator():
+        op = curvature.hvp_operator(f, params, x, y)
+        return lambda: op(v), None
+
+    def gnvp():
+        j = jit(lambda q, u, a, b: curvature.gnvp(model, LOSS, q, u, a, b))
+        return lambda: curvature.gnvp(model, LOSS, params, v, x, y), lambda: j(params, v, x, y)
+
+    def peg():
+        j = jit(lambda q, a, b: per_example.per_example_grads(model, LOSS, q, a, b))
+        return (lambda: per_example.per_example_grads(model, LOSS, params, x, y),
+                lambda: j(params, x, y))  # fmt: skip
+
+    def pen():
+        j = jit(lambda q, a, b: per_example.per_example_grad_norms(model, LOSS, q, a, b))
+        return (lambda: per_example.per_example_grad_norms(model, LOSS, params, x, y),
+                lambda: j(params, x, y))  # fmt: skip
+
+    def noise():
+        return lambda: per_example.gradient_noise(model, LOSS, params, x, y).grad, None
+
+    def report():
+        j = jit(lambda q, a, b: diagnostics.gradient_report(model, LOSS, q, a, b))
+        return (lambda: diagnostics.gradient_report(model, LOSS, params, x, y),
+                lambda: j(params, x, y))  # fmt: skip
+
+    def jac():
+        j = jit(lambda q, a: jacobians.jacobian_singular_values(model, q, a))
+        return lambda: jacobians.jacobian_singular_values(model, params, xs), lambda: j(params, xs)
+
+    def taylor():
+        return (lambda: curvature.taylor_step(f, params, x, y, etas=etas, lambda_max=1.0).actual,
+                None)  # fmt: skip
+
+    def trace():
+        return lambda: curvature.trace(f, params, x, y, key=key).estimate, None
+
+    def top():
+        return (lambda: curvature.top_eigenvalues(f, params, 1, x, y, key=key, tol=1e-3)
+                .eigenvalues, None)  # fmt: skip
+
+    def sweep():
+        d1 = landscape.filter_normalized_direction(jax.random.key(2), params)
+        d2 = landscape.filter_normalized_direction(jax.random.key(3), params)
+        grid = np.linspace(-1.0, 1.0, 21)
+        return lambda: landscape.sweep_2d(f, params, d1, d2, grid, grid, x, y), None
+
     return {
-        "hvp": (lambda: curvature.hvp(f, params, v, x, y), lambda: hvp_j(params, v, x, y)),
-        "hvp_operator product": (lambda: operator(v), None),
-        "gnvp": (lambda: curvature.gnvp(model, LOSS, params, v, x, y),
-                 lambda: gnvp_j(params, v, x, y)),
-        "per_example_grads": (lambda: per_example.per_example_grads(model, LOSS, params, x, y),
-                              lambda: peg_j(params, x, y)),
-        "per_example_grad_norms": (
-            lambda: per_example.per_example_grad_norms(model, LOSS, params, x, y),
-            lambda: pen_j(params, x, y)),
-        "gradient_noise": (lambda: per_example.gradient_noise(model, LOSS, params, x, y).grad,
-                           None),
-        "gradient_report": (lambda: diagnostics.gradient_report(model, LOSS, params, x, y),
-                            lambda: rep_j(params, x, y)),
-        "jacobian_singular_values (64 ex.)": (
-            lambda: jacobians.jacobian_singular_values(model, params, xs),
-            lambda: jac_j(params, xs)),
-        "taylor_step (5 etas, lambda_max given)": (
-            lambda: curvature.taylor_step(f, params, x, y, etas=[1e-3, 1e-2, 0.1, 0.3, 1.0],
-                                          lambda_max=1.0).actual, None),
-        "trace (100 samples)": (lambda: curvature.trace(f, params, x, y, key=key).estimate,
-                                None),
-        "top_eigenvalues k=1 tol=1e-3": (
-            lambda: curvature.top_eigenvalues(f, params, 1, x, y, key=key, tol=1e-3).eigenvalues,
-            None),
-        "sweep_2d 21x21": (lambda: landscape.sweep_2d(f, params, d1, d2, grid, grid, x, y),
-                           None),
-    }  # fmt: skip
+        "hvp": hvp,
+        "hvp_operator product": operator,
+        "gnvp": gnvp,
+        "per_example_grads": peg,
+        "per_example_grad_norms": pen,
+        "gradient_noise": noise,
+        "gradient_report": report,
+        "jacobian_singular_values (64 ex.)": jac,
+        "taylor_step (5 etas, lambda_max given)": taylor,
+        "trace (100 samples)": trace,
+        "top_eigenvalues k=1 tol=1e-3": top,
+        "sweep_2d 21x21": sweep,
+    }
 
 
 MAIN = ("hvp", "per_example_grads", "top_eigenvalues k=1 tol=1e-3", "sweep_2d 21x21",
@@ -152,7 +183,7 @@ def _child(name: str, quick: bool) -> None:
     """Run in a fresh process: print the first- and second-call seconds of case ``name``."""
     jax.config.update("jax_enable_x64", False)
     p = problem(quick)
-    fn = cases(p)[name][0]
+    fn = cases(p)[name]()[0]
     first = timed(fn)
     print(json.dumps({"first_s": first, "second_s": timed(fn)}))
 
@@ -187,7 +218,7 @@ def as_called(quick: bool, repeats: int, *, children: bool) -> list[Row]:
     rows: list[Row] = []
     n = p["x"].shape[0]
     for name in names:
-        called, jitted = table[name]
+        called, jitted = table[name]()
         first = timed(called)
         fns = {"as called": called} | ({"user-jitted": jitted} if jitted else {})
         times = interleaved(fns, repeats)
@@ -212,7 +243,8 @@ def as_called(quick: bool, repeats: int, *, children: bool) -> list[Row]:
         check = verify_lambda_max(p)
         rows.append(Row(SECTION, "lambda_max tol=1e-3 relative error vs dense eigvalsh",
                         check["rel_error"], "ratio",
-                        f"converged={check['converged']}, {check['hvps']} HVPs", info=check))  # fmt: skip
+                        f"converged={check['converged']}, {check['hvps']} HVPs",
+                        info=check))  # fmt: skip
     return rows
 
 
@@ -228,9 +260,7 @@ def peers(quick: bool, repeats: int) -> list[Row]:
     p = problem(quick)
     torch.set_num_threads(os.cpu_count() or 1)
     ws = [(np.asarray(q["w"]), np.asarray(q["b"])) for q in p["params"]]
-    net = torch.nn.Sequential(
-        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
-    )
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     with torch.no_grad():
         for layer, (w, b) in zip((net[0], net[2]), ws, strict=True):
             layer.weight.copy_(torch.from_numpy(w))
@@ -245,7 +275,8 @@ def peers(quick: bool, repeats: int) -> list[Row]:
     def full_hvp():
         def loss_of(*ps):
             out = torch.func.functional_call(
-                net, dict(zip([k for k, _ in net.named_parameters()], ps, strict=True)), (x,))
+                net, dict(zip([k for k, _ in net.named_parameters()], ps, strict=True)), (x,)
+            )
             return crit(out, y)
 
         return torch.autograd.functional.hvp(loss_of, tuple(params), tuple(vs))[1]

@@ -227,7 +227,6 @@ def spectral_density(
     """
     n = _check_params(params)
     check_finite_args(args)
-    _check_f(f, params, args)
     if lanczos_steps is None:
         lanczos_steps = min(90, n)
     steps = check_positive_int("lanczos_steps", lanczos_steps)
@@ -244,6 +243,7 @@ def spectral_density(
     batch_size = check_positive_int("batch_size", batch_size)
     data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
+    _check_f(f, params, args)
 
     alphas, betas = _slq_lanczos(
         f,

@@ -562,7 +562,6 @@ def top_eigenvalues(
     """
     n = _check_params(params)
     check_finite_args(args)
-    _check_f(f, params, args)
     method = _check_choice("method", method, ("lanczos", "power"))
     if which is None:
         which = "largest" if method == "lanczos" else "magnitude"
@@ -597,6 +596,7 @@ def top_eigenvalues(
     _check_key(key)
     if init is not None:
         _check_like("init", init, params)
+    _check_f(f, params, args)
 
     key, start_key = jax.random.split(key)
     dtype = jnp.result_type(*jax.tree.leaves(params))

@@ -103,7 +103,6 @@ def trace(
     """
     _check_params(params)
     check_finite_args(args)
-    _check_f(f, params, args)
     samples = check_positive_int("samples", samples)
     if samples < 2:
         raise ValueError(
@@ -112,6 +111,7 @@ def trace(
     batch_size = check_positive_int("batch_size", batch_size)
     data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
+    _check_f(f, params, args)
     values = np.asarray(
         _hutchinson(f, params, key, samples, min(batch_size, samples), args, data_chunk),
         np.float64,

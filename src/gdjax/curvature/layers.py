@@ -312,7 +312,6 @@ def layer_curvature(
     """
     _check_params(params)
     check_finite_args(args)
-    _check_f(f, params, args)
     split = _layers(params)
     trace_method = _check_choice("trace_method", trace_method, ("auto", "exact", "hutchinson"))
     samples = check_positive_int("samples", samples)
@@ -326,6 +325,7 @@ def layer_curvature(
     batch_size = check_positive_int("batch_size", batch_size)
     data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
+    _check_f(f, params, args)
 
     rows = []
     for layer, index in enumerate(split.layers):

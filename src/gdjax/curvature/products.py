@@ -119,24 +119,35 @@ def _check_f(f, params: PyTree, args: tuple) -> None:
             f"f: expected a callable f(params, *args), got {type(f).__name__}. {_F_HINT}"
         )
     try:
-        signature = inspect.signature(f)
-    except (TypeError, ValueError):  # builtins and some C callables have none
-        signature = None
-    if signature is not None:
-        try:
-            signature.bind(params, *args)
-        except TypeError as err:
-            names = ", ".join(signature.parameters)
-            raise ValueError(
-                f"args: f({names}) cannot be called as f(params, *args) with the "
-                f"{len(args)} data argument(s) given: {err}. {_F_HINT}"
-            ) from None
+        unbound = _bind_error(f, len(args))
+    except TypeError:  # f is not hashable
+        unbound = _bind_error.__wrapped__(f, len(args))
+    if unbound is not None:
+        raise ValueError(f"args: {unbound}. {_F_HINT}")
     got = _output_of(f, params, args)
     if got is not None:
         raise ValueError(
             f"f: expected f(params, *args) to return a floating scalar (the cost C), "
             f"got {got}. {_F_HINT}"
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _bind_error(f, num_args: int) -> str | None:
+    """Why ``f(params, *args)`` with ``num_args`` args does not fit f's signature (or None)."""
+    try:
+        signature = inspect.signature(f)
+    except (TypeError, ValueError):  # builtins and some C callables have none
+        return None
+    try:
+        signature.bind(*[None] * (1 + num_args))
+    except TypeError as err:
+        names = ", ".join(signature.parameters)
+        return (
+            f"f({names}) cannot be called as f(params, *args) with the {num_args} data "
+            f"argument(s) given: {err}"
+        )
+    return None
 
 
 def _output_of(f, params: PyTree, args: tuple) -> str | None:

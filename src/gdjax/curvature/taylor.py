@@ -189,7 +189,6 @@ def taylor_step(
     """
     _check_params(params)
     check_finite_args(args)
-    _check_f(f, params, args)
     etas_np = np.asarray(etas)
     if etas_np.ndim != 1 or etas_np.size == 0 or not np.issubdtype(etas_np.dtype, np.number):
         raise ValueError(
@@ -210,6 +209,7 @@ def taylor_step(
     if key is not None:
         _check_key(key)
     data_chunk = _check_data_chunk(data_chunk, f, args)
+    _check_f(f, params, args)
 
     dtype = jnp.result_type(*jax.tree.leaves(params))
     if direction is None:
