@@ -26,9 +26,10 @@ script sees with ``gdjax.cli``'s cache on a first and a later run. λ_max is
 asked to ``tol=1e-3`` and *verified* against the dense Hessian's ``eigvalsh``.
 
 ``--peers`` (never in CI) times, where they are installed, torch's full HVP
-(``torch.autograd.functional.hvp``) and a double-backward HVP with a reused
-graph, BackPACK's per-example gradients (``BatchGrad``) and PyHessian's
-``eigenvalues(top_n=1, tol=1e-3)`` on the same net and data.
+(forward, backward with ``create_graph``, second backward: every call) and the
+second backward alone on a reused graph, BackPACK's per-example gradients
+(``BatchGrad``) and PyHessian's ``eigenvalues(top_n=1, tol=1e-3)`` on the same net
+and data.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ from common import (
     environment,
     format_table,
     interleaved,
+    loadavg,
     median,
     timed,
 )
 
 import gdjax
+import gdjax.cli
 from gdjax import MLP, curvature, diagnostics, jacobians, landscape, per_example
 
 SECTION = "as_called"
@@ -252,54 +255,58 @@ def as_called(quick: bool, repeats: int, *, children: bool) -> list[Row]:
 
 
 def peers(quick: bool, repeats: int) -> list[Row]:
-    """torch / BackPACK / PyHessian on the same net and data, where installed."""
+    """torch / BackPACK / PyHessian / loss-landscapes on the same net and data, where installed."""
     try:
         import torch
     except ImportError:
         return [Row(SECTION, "peers", None, "-", "torch is not installed")]
     p = problem(quick)
-    torch.set_num_threads(os.cpu_count() or 1)
-    ws = [(np.asarray(q["w"]), np.asarray(q["b"])) for q in p["params"]]
-    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    with torch.no_grad():
-        for layer, (w, b) in zip((net[0], net[2]), ws, strict=True):
-            layer.weight.copy_(torch.from_numpy(w))
-            layer.bias.copy_(torch.from_numpy(b))
-    x = torch.from_numpy(np.asarray(p["x"]))
-    y = torch.from_numpy(np.asarray(p["y"])).long()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    ws = [(np.array(q["w"]), np.array(q["b"])) for q in p["params"]]
+
+    def fresh_net():  # the same weights as gdjax's params, a new module for each tool
+        net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        with torch.no_grad():
+            for layer, (w, b) in zip((net[0], net[2]), ws, strict=True):
+                layer.weight.copy_(torch.from_numpy(w))
+                layer.bias.copy_(torch.from_numpy(b))
+        return net
+
+    x = torch.from_numpy(np.array(p["x"]))
+    y = torch.from_numpy(np.array(p["y"])).long()
     crit = torch.nn.CrossEntropyLoss()
-    params = list(net.parameters())
-    vs = [torch.full_like(q, 0.1) for q in params]
     rows: list[Row] = []
 
-    def full_hvp():
-        def loss_of(*ps):
-            out = torch.func.functional_call(
-                net, dict(zip([k for k, _ in net.named_parameters()], ps, strict=True)), (x,)
-            )
-            return crit(out, y)
-
-        return torch.autograd.functional.hvp(loss_of, tuple(params), tuple(vs))[1]
-
-    loss = crit(net(x), y)
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-
-    def reused_hvp():
-        return torch.autograd.grad(grads, params, vs, retain_graph=True)
-
-    for label, fn in (("torch full HVP", full_hvp), ("torch HVP, reused graph", reused_hvp)):
-        fn()
+    def time_it(label: str, fn, notes: str = "", warmup: int = 3) -> None:
+        for _ in range(warmup):
+            fn()
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
             fn()
             times.append(1e3 * (time.perf_counter() - t))
-        rows.append(Row(SECTION, f"peer {label}", median(times), "ms", "", times))
+        rows.append(Row(SECTION, f"peer {label}", median(times), "ms", notes, times))
+
+    net = fresh_net()
+    params = list(net.parameters())
+    vs = [torch.full_like(q, 0.1) for q in params]
+
+    def full_hvp():  # forward, backward with a graph, and the second backward: every call
+        g = torch.autograd.grad(crit(net(x), y), params, create_graph=True)
+        return torch.autograd.grad(g, params, vs)
+
+    grads = torch.autograd.grad(crit(net(x), y), params, create_graph=True)
+
+    def reused_hvp():
+        return torch.autograd.grad(grads, params, vs, retain_graph=True)
+
+    time_it("torch full HVP", full_hvp)
+    time_it("torch HVP, reused graph", reused_hvp)
     try:
         from backpack import backpack, extend
         from backpack.extensions import BatchGrad
 
-        bnet, bcrit = extend(net), extend(torch.nn.CrossEntropyLoss())
+        bnet, bcrit = extend(fresh_net()), extend(torch.nn.CrossEntropyLoss())
 
         def batch_grad():
             bnet.zero_grad()
@@ -307,31 +314,40 @@ def peers(quick: bool, repeats: int) -> list[Row]:
                 bcrit(bnet(x), y).backward()
             return [q.grad_batch for q in bnet.parameters()]
 
-        batch_grad()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            batch_grad()
-            times.append(1e3 * (time.perf_counter() - t))
-        rows.append(Row(SECTION, "peer BackPACK BatchGrad", median(times), "ms", "", times))
+        time_it("BackPACK BatchGrad", batch_grad)
     except ImportError:
         rows.append(Row(SECTION, "peer BackPACK", None, "-", "backpack-for-pytorch not installed"))
     try:
         from pyhessian import hessian
 
-        def top():
-            return hessian(net, crit, data=(x, y), cuda=False).eigenvalues(top_n=1, tol=1e-3)
+        hnet = fresh_net()
 
-        top()
-        times = []
-        for _ in range(max(1, repeats // 2)):
-            t = time.perf_counter()
-            top()
-            times.append(1e3 * (time.perf_counter() - t))
-        rows.append(Row(SECTION, "peer PyHessian eigenvalues top_n=1 tol=1e-3", median(times),
-                        "ms", "", times))  # fmt: skip
+        def top():
+            return hessian(hnet, crit, data=(x, y), cuda=False).eigenvalues(top_n=1, tol=1e-3)
+
+        values, _ = top()
+        time_it("PyHessian eigenvalues top_n=1 tol=1e-3", top, f"lambda_max={values[0]:.6g}", 1)
     except ImportError:
         rows.append(Row(SECTION, "peer PyHessian", None, "-", "pyhessian not installed"))
+    try:
+        import loss_landscapes
+        import loss_landscapes.metrics
+
+        lnet, metric = fresh_net(), loss_landscapes.metrics.Loss(crit, x, y)
+
+        def plane():
+            return loss_landscapes.random_plane(
+                lnet, metric, distance=1, steps=21, normalization="layer", deepcopy_model=True
+            )
+
+        time_it(
+            "loss-landscapes random_plane 21x21",
+            plane,
+            "layer-normalised (filter divides by the zero biases)",
+            1,
+        )
+    except ImportError:
+        rows.append(Row(SECTION, "peer loss-landscapes", None, "-", "not installed"))
     return rows
 
 
@@ -343,15 +359,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=f"JSON path (default: {FULL_OUT})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if os.environ.get("GDJAX_BENCH_CACHE"):
-        jax.config.update("jax_compilation_cache_dir", os.environ["GDJAX_BENCH_CACHE"])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if os.environ.get("GDJAX_BENCH_CACHE"):  # a child: the scripts' cache, in a temporary dir
+        gdjax.cli.enable_compile_cache(os.environ["GDJAX_BENCH_CACHE"])
     if args.child:
         _child(args.child, args.quick)
         return
     jax.config.update("jax_enable_x64", False)
     start = time.perf_counter()
+    load_start = loadavg()
     rows = as_called(args.quick, 3 if args.quick else args.repeats, children=not args.quick)
     if args.peers:
         rows += peers(args.quick, 3 if args.quick else args.repeats)
@@ -360,6 +375,7 @@ def main() -> None:
     if args.out or not args.quick:
         out = args.out or FULL_OUT
         report = {"section": SECTION, "quick": args.quick, **environment(),
+                  "loadavg_1_5_15min": {"start": load_start, "end": loadavg()},
                   "wall_s": round(time.perf_counter() - start, 1),
                   "rows": [r.__dict__ for r in rows]}  # fmt: skip
         out.write_text(dump_json(report) + "\n")

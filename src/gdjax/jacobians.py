@@ -20,7 +20,8 @@ network *dynamically isometric* when all singular values of J stay near 1.
 
 Every function takes a batch (rows are examples) and returns one matrix per
 example, built from the forward pass (:meth:`gdjax.MLP.trace`) and the
-hand-written ``Activation.deriv``; no JAX differentiation is used.
+hand-written ``Activation.deriv``; no JAX differentiation is used. Called
+eagerly, each compiles itself once per model and input shapes (:mod:`gdjax._jit`).
 
 - :func:`layer_jacobians` — ``J^l`` for l = 1 … L, each ``(batch, n_l, n_{l-1})``.
 - :func:`jacobian_products` — ``J^l ⋯ J^1 = ∂a^l/∂a^0`` for l = 1 … L.

@@ -36,6 +36,10 @@ is about as large as the signal.
 - :func:`per_example_grad_norms` — ‖g_i‖ per layer and in total, never forming g_i.
 - :func:`gradient_noise` — G, tr Σ, B_simple and the predicted minibatch error.
 - :func:`minibatch_errors` — measured ‖g_B − G‖² over sampled minibatches.
+
+Called eagerly, each function compiles itself once per model, loss and input
+shapes (:mod:`gdjax._jit`); inside a user's ``jit``/``vmap`` it is traced as
+part of it.
 """
 
 from __future__ import annotations

@@ -200,11 +200,16 @@ def hvp(
 
     computed exactly by forward-mode differentiation (``jax.jvp``) of the
     reverse-mode gradient (``jax.grad``): about the cost of two gradients, and
-    H is never formed. Works on any params pytree and under ``jax.jit``
-    (``jax.jit(hvp, static_argnums=0)``).
+    H is never formed. Works on any params pytree. Called eagerly it compiles
+    itself once per ``f`` (by identity: build ``f`` once) and input shapes, so a
+    later call costs one dispatch; inside ``jax.jit``/``vmap``/``grad`` it is
+    traced as part of the caller.
 
     Args:
-      f: scalar function ``f(params, *args)``, e.g. ``gdjax.objective(model, loss)``.
+      f: scalar function ``f(params, *args)``, e.g. ``gdjax.objective(model, loss)``;
+        one that is not callable, does not take ``len(args)`` data arguments or
+        does not return a floating scalar is refused (a ``ValueError`` naming
+        ``f`` or ``args``) before anything compiles.
       params: θ, the point at which H is taken.
       v: the vector, a pytree with the structure and shapes of ``params``.
       *args: further arguments of ``f`` (e.g. ``x, y``), held fixed.
@@ -429,6 +434,14 @@ def _apply_operator(operator, u):
     return operator(u)
 
 
+@jax.jit
+def _apply_tree_operator(operator, params, v):
+    """``Hv`` as a params pytree: ravel v, apply, unravel, in one compiled call (only
+    the structure and dtype of ``params`` are read)."""
+    flat, unravel = ravel_pytree(params)
+    return unravel(operator(ravel_pytree(v)[0].astype(flat.dtype)))
+
+
 def hvp_operator(
     f: Callable[..., jax.Array], params: PyTree, *args: Any, data_chunk: int | None = None
 ) -> Callable[[PyTree], PyTree]:
@@ -472,11 +485,10 @@ def hvp_operator(
     check_finite_args(args)
     _check_f(f, params, args)
     data_chunk = _check_data_chunk(data_chunk, f, args)
-    flat, unravel = ravel_pytree(params)
     operator = _jit_flat_hvp_operator(f, params, args, data_chunk)
 
     def product(v: PyTree) -> PyTree:
         _check_like("v", v, params)
-        return unravel(_apply_operator(operator, ravel_pytree(v)[0].astype(flat.dtype)))
+        return _apply_tree_operator(operator, params, v)
 
     return product
