@@ -243,7 +243,7 @@ def spectral_density(
     batch_size = check_positive_int("batch_size", batch_size)
     data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
-    _check_f(f, params, args)
+    _check_f(f, params, args, data_chunk)
 
     alphas, betas = _slq_lanczos(
         f,

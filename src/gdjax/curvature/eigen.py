@@ -596,7 +596,7 @@ def top_eigenvalues(
     _check_key(key)
     if init is not None:
         _check_like("init", init, params)
-    _check_f(f, params, args)
+    _check_f(f, params, args, data_chunk)
 
     key, start_key = jax.random.split(key)
     dtype = jnp.result_type(*jax.tree.leaves(params))

@@ -111,7 +111,7 @@ def trace(
     batch_size = check_positive_int("batch_size", batch_size)
     data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
-    _check_f(f, params, args)
+    _check_f(f, params, args, data_chunk)
     values = np.asarray(
         _hutchinson(f, params, key, samples, min(batch_size, samples), args, data_chunk),
         np.float64,

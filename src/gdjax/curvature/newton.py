@@ -208,7 +208,7 @@ def newton_step(
                 f"params: method='dense' forms the {n}×{n} Hessian; expected at most "
                 f"{MAX_DENSE_PARAMS} parameters, got {n}. Use method='cg'."
             )
-        _check_f(f, params, args)
+        _check_f(f, params, args, data_chunk)
         if n > DENSE_WARN_PARAMS:
             itemsize = jnp.result_type(*jax.tree.leaves(params)).itemsize
             warnings.warn(_dense_cost_message(n, itemsize), CostWarning, stacklevel=2)
@@ -220,7 +220,7 @@ def newton_step(
         converged = finite and residual <= max(tol, 1e3 * eps)
         return NewtonResult(new, 0, residual, converged, False)
     cg_iters = n if cg_iters is None else check_positive_int("cg_iters", cg_iters)
-    _check_f(f, params, args)
+    _check_f(f, params, args, data_chunk)
     new, iterations, residual, neg = _cg_newton(f, params, damping, cg_iters, tol, args, data_chunk)
     residual = float(residual)
     return NewtonResult(new, int(iterations), residual, residual <= tol, bool(neg))

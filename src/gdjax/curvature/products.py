@@ -107,12 +107,14 @@ _F_HINT = (
 )
 
 
-def _check_f(f, params: PyTree, args: tuple) -> None:
+def _check_f(f, params: PyTree, args: tuple, data_chunk: int | None = None) -> None:
     """``f`` is callable as ``f(params, *args)`` and returns a floating scalar.
 
     Reads ``f``'s signature and its abstract output (``jax.eval_shape``: traced,
     never compiled), so a wrong ``f`` or missing data arguments are named before
-    anything compiles. The output check is cached on ``f`` and the shapes of the inputs.
+    anything compiles. The output check is cached on ``f`` and the shapes of the
+    inputs. With ``data_chunk`` (already checked) ``f`` is traced on one chunk's
+    rows, as the computation will call it.
     """
     if not callable(f):
         raise ValueError(
@@ -124,6 +126,10 @@ def _check_f(f, params: PyTree, args: tuple) -> None:
         unbound = _bind_error.__wrapped__(f, len(args))
     if unbound is not None:
         raise ValueError(f"args: {unbound}. {_F_HINT}")
+    if data_chunk is not None:
+        data = _data_args(f, args)
+        head = tuple(args[: len(args) - len(data)])
+        args = head + tuple(jax.tree.map(lambda a: _chunk_spec(a, data_chunk), d) for d in data)
     got = _output_of(f, params, args)
     if got is not None:
         raise ValueError(
@@ -150,10 +156,15 @@ def _bind_error(f, num_args: int) -> str | None:
     return None
 
 
+def _chunk_spec(a, k: int) -> jax.ShapeDtypeStruct:
+    shape = shape_of(a)
+    return jax.ShapeDtypeStruct((min(k, shape[0]), *shape[1:]), dtype_of(a))
+
+
 def _output_of(f, params: PyTree, args: tuple) -> str | None:
     """What is wrong with ``f``'s abstract output (``None``: a floating scalar)."""
     leaves, treedef = jax.tree.flatten((params, args))
-    if all(isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves):
+    if all(isinstance(leaf, jax.Array | np.ndarray | jax.ShapeDtypeStruct) for leaf in leaves):
         spec = tuple((leaf.shape, np.dtype(leaf.dtype)) for leaf in leaves)
         try:
             return _cached_output(f, treedef, spec)
@@ -239,8 +250,8 @@ def hvp(
     _check_params(params)
     _check_like("v", v, params)
     check_finite_args(args)
-    _check_f(f, params, args)
     data_chunk = _check_data_chunk(data_chunk, f, args)
+    _check_f(f, params, args, data_chunk)
     if data_chunk is not None:
         flat, unravel = ravel_pytree(params)
         u = ravel_pytree(v)[0].astype(flat.dtype)
@@ -483,8 +494,8 @@ def hvp_operator(
     """
     _check_params(params)
     check_finite_args(args)
-    _check_f(f, params, args)
     data_chunk = _check_data_chunk(data_chunk, f, args)
+    _check_f(f, params, args, data_chunk)
     operator = _jit_flat_hvp_operator(f, params, args, data_chunk)
 
     def product(v: PyTree) -> PyTree:

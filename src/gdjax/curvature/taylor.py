@@ -209,7 +209,7 @@ def taylor_step(
     if key is not None:
         _check_key(key)
     data_chunk = _check_data_chunk(data_chunk, f, args)
-    _check_f(f, params, args)
+    _check_f(f, params, args, data_chunk)
 
     dtype = jnp.result_type(*jax.tree.leaves(params))
     if direction is None:
