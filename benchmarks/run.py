@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import bench_as_called
 import bench_chunked
 import bench_curvature
 import bench_generic
@@ -76,6 +77,7 @@ SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "scale": bench_scale.section,
     "generic": bench_generic.section,
     "chunked_lanczos": bench_chunked.section,
+    "as_called": bench_as_called.section,
 }
 
 

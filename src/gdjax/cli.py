@@ -9,16 +9,28 @@ traceback and returns 130 or 143, the shell's codes for the two signals::
 
     interrupted while training (runs/a); saved: checkpoint of epoch 40 in runs/a;
     resume: python scripts/train.py --epochs 200 --out runs/a
+
+Compile latency: a script run through :func:`run` keeps what XLA compiles in
+JAX's persistent compilation cache, in :func:`compile_cache_dir`
+(``$GDJAX_CACHE_DIR/jax-cache``, else ``$XDG_CACHE_HOME/gdjax/jax-cache``, else
+``~/.cache/gdjax/jax-cache``), so a second run of the same command loads its
+programs instead of compiling them again. Every parser made by :func:`parser`
+takes ``--no-compile-cache`` to run without it (so does
+``GDJAX_COMPILE_CACHE=0`` in the environment). Only scripts turn the cache on:
+the library never does, and neither does calling a script's ``main`` directly
+(as tests do).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "parser",
@@ -28,6 +40,8 @@ __all__ = [
     "add_progress_option",
     "add_output_options",
     "parse_hidden",
+    "compile_cache_dir",
+    "enable_compile_cache",
     "stage",
     "run",
     "EXIT_SIGINT",
@@ -43,10 +57,74 @@ EXIT_SIGTERM = 143
 
 def parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser whose description is the first paragraph of ``doc`` and
-    whose ``--help`` shows every option's default."""
-    return argparse.ArgumentParser(
+    whose ``--help`` shows every option's default.
+
+    It takes ``--no-compile-cache``; when the script runs through :func:`run`,
+    parsing its arguments turns JAX's persistent compilation cache on
+    (:func:`enable_compile_cache`) unless that flag is given.
+    """
+    p = _Parser(
         description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="compile everything afresh: keep nothing in the persistent compilation cache "
+        "($GDJAX_CACHE_DIR/jax-cache, else ~/.cache/gdjax/jax-cache)",
+    )
+    return p
+
+
+class _Parser(argparse.ArgumentParser):
+    """Turns the compilation cache on after parsing, in a script run by :func:`run`."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if _running and not getattr(parsed, "no_compile_cache", True):
+            if os.environ.get(COMPILE_CACHE_ENV, "").strip().lower() not in _OFF:
+                enable_compile_cache()
+        return parsed, extras
+
+
+COMPILE_CACHE_ENV = "GDJAX_COMPILE_CACHE"
+"""Set to ``0`` (or ``off``, ``false``, ``no``) to keep the scripts' compilation cache off."""
+
+_OFF = ("0", "off", "false", "no")
+_running = False  # True while run() runs a script's main
+
+
+def compile_cache_dir() -> Path:
+    """Where the scripts keep compiled programs: ``jax-cache`` in
+    :func:`gdjax.data.default_cache_dir` (``$GDJAX_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/gdjax``, else ``~/.cache/gdjax``).
+
+    >>> compile_cache_dir().name
+    'jax-cache'
+    """
+    from gdjax.data import default_cache_dir
+
+    return default_cache_dir() / "jax-cache"
+
+
+def enable_compile_cache(path: str | os.PathLike | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache in ``path`` (default :func:`compile_cache_dir`).
+
+    Every compiled program is kept, however small or quick to compile
+    (``jax_persistent_cache_min_compile_time_secs = 0``,
+    ``jax_persistent_cache_min_entry_size_bytes = 0``): the scripts' programs
+    are small CPU programs whose compile time is what the cache saves. Call it
+    before anything compiles; JAX reads the directory at its first compile.
+
+    Returns:
+      The cache directory.
+    """
+    import jax
+
+    path = Path(path) if path is not None else compile_cache_dir()
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 def add_model_options(p: argparse.ArgumentParser, *, hidden: str = "16,16", activation="tanh"):
@@ -166,9 +244,14 @@ def interruption_message() -> str:
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """``main(argv)``, with Ctrl-C and SIGTERM turned into one line and exit 130 / 143.
 
+    While ``main`` runs, parsing its arguments with a :func:`parser` turns the
+    persistent compilation cache on (unless ``--no-compile-cache``).
+
     Use as ``sys.exit(cli.run(main))`` at the bottom of a script.
     """
+    global _running
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _running = True
     try:
         return main(argv)
     except KeyboardInterrupt:
@@ -178,4 +261,5 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         print(f"\n{interruption_message()}", file=sys.stderr)
         return EXIT_SIGTERM
     finally:
+        _running = False
         signal.signal(signal.SIGTERM, previous)

@@ -22,7 +22,9 @@ this up in one number.
 
 Every function here is pure and jittable and returns arrays of shape ``(L,)``,
 so a training loop can record them in a ``lax.scan`` history of shape
-``(steps, L)``. The norms cost O(#params), far less than the gradient itself.
+``(steps, L)``. Called eagerly, each compiles itself once per model, loss and
+shapes (:mod:`gdjax._jit`); inside a ``jit`` it is traced as part of it. The
+norms cost O(#params), far less than the gradient itself.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax import _jit, losses
 from gdjax._checks import shape_of
-from gdjax.backprop import backprop_with_deltas
+from gdjax.backprop import backprop_with_deltas, check_batch
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
 
@@ -53,7 +56,10 @@ def frobenius_norm(x: jax.Array) -> jax.Array:
     >>> round(float(frobenius_norm(jnp.array([3e30, 4e30], jnp.float32))) / 1e30, 4)  # no overflow
     5.0
     """
-    x = jnp.asarray(x)
+    return _jit.call(_frobenius_norm, (), jnp.asarray(x))
+
+
+def _frobenius_norm(x: jax.Array) -> jax.Array:
     m = jnp.max(jnp.abs(x), initial=0)
     finite_positive = jnp.isfinite(m) & (m > 0)
     safe_m = jnp.where(finite_positive, m, jnp.ones_like(m))
@@ -161,9 +167,14 @@ def layer_norms(
         _check_deltas(deltas, params)
     if updates is not None:
         _check_like_params("updates", updates, params)
+    return _jit.call(_layer_norms, (), params, grads, deltas, updates)
+
+
+def _layer_norms(params, grads, deltas, updates) -> dict[str, jax.Array]:
+    """The body of :func:`layer_norms`, with no checks."""
 
     def stack(xs):
-        return jnp.stack([frobenius_norm(x) for x in xs])
+        return jnp.stack([_frobenius_norm(x) for x in xs])
 
     weight_norm = stack(p["w"] for p in params)
     norms = {
@@ -212,8 +223,14 @@ def gradient_report(
       >>> report["grad_norm"].shape, report["vanishing_ratio"].shape
       ((3,), ())
     """
+    loss = losses.get(loss)
+    check_batch(model, loss, params, x, y)
+    return _jit.call(_gradient_report, (model, loss), params, x, y)
+
+
+def _gradient_report(model: MLP, loss: Loss, params: Params, x, y) -> dict[str, jax.Array]:
     value, grads, deltas = backprop_with_deltas(model, loss, params, x, y)
-    norms = layer_norms(params, grads, deltas)
+    norms = _layer_norms(params, grads, deltas, None)
     norms["vanishing_ratio"] = norms["grad_norm"][0] / norms["grad_norm"][-1]
     norms["loss"] = value
     return norms

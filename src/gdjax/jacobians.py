@@ -20,7 +20,8 @@ network *dynamically isometric* when all singular values of J stay near 1.
 
 Every function takes a batch (rows are examples) and returns one matrix per
 example, built from the forward pass (:meth:`gdjax.MLP.trace`) and the
-hand-written ``Activation.deriv``; no JAX differentiation is used.
+hand-written ``Activation.deriv``; no JAX differentiation is used. Called
+eagerly, each compiles itself once per model and input shapes (:mod:`gdjax._jit`).
 
 - :func:`layer_jacobians` — ``J^l`` for l = 1 … L, each ``(batch, n_l, n_{l-1})``.
 - :func:`jacobian_products` — ``J^l ⋯ J^1 = ∂a^l/∂a^0`` for l = 1 … L.
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax import _jit
 from gdjax._checks import check_positive_int
 from gdjax.mlp import MLP, Params
 
@@ -87,6 +89,10 @@ def layer_jacobians(model: MLP, params: Params, x: jax.Array) -> list[jax.Array]
       [(4, 3, 2), (4, 1, 3)]
     """
     _check(model, params, x)
+    return _jit.call(_layer_jacobians, (model,), params, x)
+
+
+def _layer_jacobians(model: MLP, params: Params, x) -> list[jax.Array]:
     zs, _ = model.trace(params, x)
     return [
         # diag(σ'(z^l_i)) w^l: scale row k of w^l by σ'(z^l_{ik})
@@ -106,8 +112,13 @@ def jacobian_products(model: MLP, params: Params, x: jax.Array) -> list[jax.Arra
       A list of L arrays, entry l − 1 of shape ``(batch, n_l, n_0)``; the last is
       :func:`input_output_jacobian`.
     """
+    _check(model, params, x)
+    return _jit.call(_jacobian_products, (model,), params, x)
+
+
+def _jacobian_products(model: MLP, params: Params, x) -> list[jax.Array]:
     products, total = [], None
-    for j in layer_jacobians(model, params, x):
+    for j in _layer_jacobians(model, params, x):
         total = j if total is None else j @ total
         products.append(total)
     return products
@@ -126,7 +137,12 @@ def input_output_jacobian(model: MLP, params: Params, x: jax.Array) -> jax.Array
       >>> input_output_jacobian(model, params, jnp.ones((1, 2))).tolist()
       [[[3.0, -1.0]]]
     """
-    return jacobian_products(model, params, x)[-1]
+    _check(model, params, x)
+    return _jit.call(_input_output_jacobian, (model,), params, x)
+
+
+def _input_output_jacobian(model: MLP, params: Params, x) -> jax.Array:
+    return _jacobian_products(model, params, x)[-1]
 
 
 class JacobianSpectra(NamedTuple):
@@ -176,7 +192,12 @@ def jacobian_singular_values(model: MLP, params: Params, x: jax.Array) -> Jacobi
       Glorot & Bengio (2010), "Understanding the difficulty of training deep
       feedforward neural networks", AISTATS.
     """
-    layers = layer_jacobians(model, params, x)
+    _check(model, params, x)
+    return _jit.call(_singular_values, (model,), params, x)
+
+
+def _singular_values(model: MLP, params: Params, x) -> JacobianSpectra:
+    layers = _layer_jacobians(model, params, x)
     products, total = [], None
     for j in layers:
         total = j if total is None else j @ total

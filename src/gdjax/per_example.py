@@ -36,6 +36,10 @@ is about as large as the signal.
 - :func:`per_example_grad_norms` — ‖g_i‖ per layer and in total, never forming g_i.
 - :func:`gradient_noise` — G, tr Σ, B_simple and the predicted minibatch error.
 - :func:`minibatch_errors` — measured ‖g_B − G‖² over sampled minibatches.
+
+Called eagerly, each function compiles itself once per model, loss and input
+shapes (:mod:`gdjax._jit`); inside a user's ``jit``/``vmap`` it is traced as
+part of it.
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax import losses
-from gdjax._checks import check_positive_int, shape_of
+from gdjax import _jit, losses
+from gdjax._checks import check_finite_number, check_positive_int, shape_of
 from gdjax.backprop import check_batch
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
@@ -85,6 +89,11 @@ def per_example_deltas(
     """
     loss = losses.get(loss)
     check_batch(model, loss, params, x, y)
+    return _jit.call(_deltas, (model, loss), params, x, y)
+
+
+def _deltas(model: MLP, loss: Loss, params: Params, x, y):
+    """The body of :func:`per_example_deltas`, with no checks."""
     zs, acts = model.trace(params, x)
     n = shape_of(x)[0]
     deltas: list[jax.Array] = [None] * model.num_layers  # type: ignore[list-item]
@@ -137,7 +146,13 @@ def per_example_grads(
       >>> bool(jnp.allclose(grads[0]["w"].mean(axis=0), batch[0]["w"]))
       True
     """
-    _, acts, deltas = per_example_deltas(model, loss, params, x, y)
+    loss = losses.get(loss)
+    check_batch(model, loss, params, x, y)
+    return _jit.call(_grads, (model, loss), params, x, y)
+
+
+def _grads(model: MLP, loss: Loss, params: Params, x, y) -> Params:
+    _, acts, deltas = _deltas(model, loss, params, x, y)
     return [
         {"w": jnp.einsum("bi,bj->bij", delta, a_prev), "b": delta}
         for delta, a_prev in zip(deltas, acts[:-1], strict=True)
@@ -192,7 +207,13 @@ def per_example_grad_norms(
     References:
       Goodfellow (2015), "Efficient per-example gradient computations", arXiv:1510.01799.
     """
-    _, acts, deltas = per_example_deltas(model, loss, params, x, y)
+    loss = losses.get(loss)
+    check_batch(model, loss, params, x, y)
+    return _jit.call(_grad_norms, (model, loss), params, x, y)
+
+
+def _grad_norms(model: MLP, loss: Loss, params: Params, x, y) -> PerExampleNorms:
+    _, acts, deltas = _deltas(model, loss, params, x, y)
     delta_sq = jnp.stack([jnp.sum(d * d, axis=1) for d in deltas], axis=1)
     act_sq = jnp.stack([jnp.sum(a * a, axis=1) for a in acts[:-1]], axis=1)
     return PerExampleNorms(
@@ -235,11 +256,15 @@ def minibatch_error(trace_cov, num_examples: int, batch_size) -> np.ndarray:
     Σ is the per-example gradient covariance with the 1/N convention (see the
     module docstring); the factor ``(N − B)/(N − 1)`` is the finite-population
     correction, so the error is exactly 0 at B = N. ``batch_size`` may be an int
-    or an array of ints in [1, N]; N = 1 gives 0.
+    or an array of ints in [1, N]; N = 1 gives 0. ``trace_cov`` must be a finite
+    number ≥ 0 (a ``ValueError`` naming it otherwise).
 
     >>> minibatch_error(2.0, 10, [1, 5, 10]).tolist()
     [2.0, 0.2222222222222222, 0.0]
     """
+    if isinstance(trace_cov, jax.Array | np.ndarray) and np.ndim(trace_cov) == 0:
+        trace_cov = np.asarray(trace_cov).item()  # a 0-d array holds one number
+    trace_cov = check_finite_number("trace_cov", trace_cov, allow_zero=True)
     num_examples = check_positive_int("num_examples", num_examples)
     _check_batch_size("batch_size", batch_size, num_examples)
     b = np.asarray(batch_size, np.float64)
@@ -274,7 +299,7 @@ class GradientNoise(NamedTuple):
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _noise_kernel(model: MLP, loss: Loss, params: Params, x, y):
-    _, acts, deltas = per_example_deltas(model, loss, params, x, y)
+    _, acts, deltas = _deltas(model, loss, params, x, y)
     n = x.shape[0]
     # G = (1/N) Σ_i g_i, per layer: (1/N) Σ_i δ_i a_iᵀ and (1/N) Σ_i δ_i
     grad = [
@@ -310,7 +335,8 @@ def gradient_noise(
 
     Args:
       model, loss, params, x, y: as for :func:`gdjax.backprop`; (x, y) is the
-        whole population the minibatches are drawn from.
+        whole population the minibatches are drawn from, N ≥ 2 examples (one
+        example has no spread: a ``ValueError`` naming ``x``).
 
     Returns:
       A :class:`GradientNoise`; ``.expected_error(B)`` gives E‖g_B − G‖² for a
@@ -332,6 +358,12 @@ def gradient_noise(
     """
     loss = losses.get(loss)
     check_batch(model, loss, params, x, y)
+    if shape_of(x)[0] < 2:
+        raise ValueError(
+            f"x: expected at least 2 examples: the per-example covariance of a single "
+            f"example is 0 and the difference mean‖g_i‖² − ‖G‖² would be rounding alone, "
+            f"got shape {shape_of(x)}."
+        )
     grad, grad_sq, mean_sq = _noise_kernel(model, loss, params, x, y)
     grad_sq, mean_sq = float(grad_sq), float(mean_sq)
     trace_cov = max(mean_sq - grad_sq, 0.0)
@@ -347,7 +379,7 @@ def gradient_noise(
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 6))
 def _minibatch_errors_kernel(model, loss, params, x, y, batch_size, num_samples, key):
-    _, acts, deltas = per_example_deltas(model, loss, params, x, y)
+    _, acts, deltas = _deltas(model, loss, params, x, y)
     n = x.shape[0]
 
     def one(k):

@@ -54,9 +54,16 @@ batch takes ``data_chunk=k``, which splits the data along axis 0 into chunks of
 k examples and accumulates the mean over examples inside jit, so peak memory
 follows k (``f`` must be a mean over the examples).
 
-The compiled kernels take ``f`` as a static argument: pass the *same* ``f``
+Speed as called: every function here compiles itself once per static
+configuration (``f``, model, loss, sizes) and input shapes, and a later eager
+call runs the compiled program (:mod:`gdjax._jit`); inside a user's own
+``jit``/``vmap``/``grad`` the functions are traced as part of it, as before.
+``f`` is a static argument, hashed **by identity**: pass the *same* ``f``
 object on every call (build it once with ``objective``) and nothing
-recompiles. Inputs are checked before anything compiles.
+recompiles; a ``lambda`` or closure written inside a loop is a new ``f`` on
+every call and compiles every time. Inputs are checked before anything
+compiles: ``f`` must be callable as ``f(params, *args)`` and return a floating
+scalar (read from its abstract output, ``jax.eval_shape``).
 """
 
 from gdjax.curvature.density import SpectralDensity as SpectralDensity
@@ -67,7 +74,9 @@ from gdjax.curvature.hutchinson import TraceEstimate as TraceEstimate
 from gdjax.curvature.hutchinson import trace as trace
 from gdjax.curvature.layers import LayerCurvature as LayerCurvature
 from gdjax.curvature.layers import layer_curvature as layer_curvature
+from gdjax.curvature.newton import DENSE_WARN_PARAMS as DENSE_WARN_PARAMS
 from gdjax.curvature.newton import MAX_DENSE_PARAMS as MAX_DENSE_PARAMS
+from gdjax.curvature.newton import CostWarning as CostWarning
 from gdjax.curvature.newton import NewtonResult as NewtonResult
 from gdjax.curvature.newton import newton_step as newton_step
 from gdjax.curvature.population import PopulationEigen as PopulationEigen
@@ -105,6 +114,8 @@ __all__ = [
     "newton_step",
     "NewtonResult",
     "MAX_DENSE_PARAMS",
+    "DENSE_WARN_PARAMS",
+    "CostWarning",
     "population_top_eigenvalues",
     "PopulationEigen",
     "population_trace",

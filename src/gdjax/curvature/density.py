@@ -23,6 +23,7 @@ from gdjax.curvature.eigen import _basis_rows, _lanczos_update, _set_orthonormal
 from gdjax.curvature.products import (
     _check_choice,
     _check_data_chunk,
+    _check_f,
     _check_key,
     _check_params,
     _flat_operator,
@@ -242,6 +243,7 @@ def spectral_density(
     batch_size = check_positive_int("batch_size", batch_size)
     data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
+    _check_f(f, params, args, data_chunk)
 
     alphas, betas = _slq_lanczos(
         f,

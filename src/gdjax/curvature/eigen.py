@@ -26,6 +26,7 @@ from gdjax.curvature.products import (
     _apply_operator,
     _check_choice,
     _check_data_chunk,
+    _check_f,
     _check_key,
     _check_like,
     _check_params,
@@ -595,6 +596,7 @@ def top_eigenvalues(
     _check_key(key)
     if init is not None:
         _check_like("init", init, params)
+    _check_f(f, params, args, data_chunk)
 
     key, start_key = jax.random.split(key)
     dtype = jnp.result_type(*jax.tree.leaves(params))

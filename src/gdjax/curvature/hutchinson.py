@@ -17,7 +17,13 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gdjax._checks import check_finite_args, check_positive_int
-from gdjax.curvature.products import _check_data_chunk, _check_key, _check_params, _flat_operator
+from gdjax.curvature.products import (
+    _check_data_chunk,
+    _check_f,
+    _check_key,
+    _check_params,
+    _flat_operator,
+)
 
 __all__ = ["trace", "TraceEstimate"]
 
@@ -105,6 +111,7 @@ def trace(
     batch_size = check_positive_int("batch_size", batch_size)
     data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
+    _check_f(f, params, args, data_chunk)
     values = np.asarray(
         _hutchinson(f, params, key, samples, min(batch_size, samples), args, data_chunk),
         np.float64,

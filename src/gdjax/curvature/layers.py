@@ -30,6 +30,7 @@ from gdjax.curvature.hutchinson import trace
 from gdjax.curvature.products import (
     _check_choice,
     _check_data_chunk,
+    _check_f,
     _check_key,
     _check_params,
     _flat_operator,
@@ -324,6 +325,7 @@ def layer_curvature(
     batch_size = check_positive_int("batch_size", batch_size)
     data_chunk = _check_data_chunk(data_chunk, f, args)
     _check_key(key)
+    _check_f(f, params, args, data_chunk)
 
     rows = []
     for layer, index in enumerate(split.layers):

@@ -11,6 +11,7 @@ on the minimum.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -22,18 +23,38 @@ from gdjax._checks import check_finite_args, check_finite_number, check_positive
 from gdjax.curvature.products import (
     _check_choice,
     _check_data_chunk,
+    _check_f,
     _check_params,
     _flat_operator,
     _mean_over_data,
 )
 
-__all__ = ["newton_step", "NewtonResult", "MAX_DENSE_PARAMS"]
+__all__ = ["newton_step", "NewtonResult", "MAX_DENSE_PARAMS", "DENSE_WARN_PARAMS", "CostWarning"]
 
 PyTree = Any
 
 
 MAX_DENSE_PARAMS = 4096
 """The largest parameter count :func:`newton_step` builds a dense Hessian for."""
+
+DENSE_WARN_PARAMS = 2000
+"""Above this parameter count, ``newton_step(method="dense")`` warns (:class:`CostWarning`)."""
+
+
+class CostWarning(UserWarning):
+    """A computation was asked for in a form that costs far more than an equivalent one."""
+
+
+def _dense_cost_message(n: int, itemsize: int) -> str:
+    hessian_mb = n * n * itemsize / 2**20
+    return (
+        f"params: method='dense' forms the {n}×{n} Hessian from {n} Hessian-vector products "
+        f"(about {2 * n} gradient evaluations of f), holds {hessian_mb:.0f} MiB for it and "
+        f"solves it in about {n**3 / 3:.1e} flops; method='cg' needs at most cg_iters "
+        f"products, usually far fewer (a 3 000-parameter conv net: 146 s dense, 3.9 s CG). "
+        f"Pass method='cg', or silence this with warnings.filterwarnings('ignore', "
+        f"category=gdjax.curvature.CostWarning)."
+    )
 
 
 # ---------------------------------------------------------------- Newton's step
@@ -46,7 +67,8 @@ class NewtonResult(NamedTuple):
       params: ``θ' = θ + p`` with ``p`` the (approximate) solution of ``(H + λI)p = −∇C``.
       iterations: conjugate-gradient iterations (= Hessian-vector products); 0 for dense.
       residual: ``‖(H + λI)p + ∇C‖ / ‖∇C‖`` (0 when ∇C = 0).
-      converged: dense: always True; CG: the residual met ``tol``.
+      converged: dense: the step is finite and ``residual ≤ max(tol, 1000ε)`` (False for a
+        singular ``H + λI``); CG: the residual met ``tol``.
       negative_curvature: CG met a direction ``u`` with ``uᵀ(H + λI)u ≤ 0`` and stopped there.
     """
 
@@ -138,7 +160,8 @@ def newton_step(
     indefinite H need not even go downhill).
 
     ``method="dense"`` forms H with ``jax.hessian`` and solves the n×n system:
-    for small models only (n ≤ :data:`MAX_DENSE_PARAMS`). ``method="cg"``
+    for small models only (n ≤ :data:`MAX_DENSE_PARAMS`; above
+    :data:`DENSE_WARN_PARAMS` it warns with the cost, a :class:`CostWarning`). ``method="cg"``
     solves the system by conjugate gradient using only Hessian-vector
     products (Hessian-free optimisation); CG assumes ``H + λI`` positive
     definite: it stops at the first direction u with ``uᵀ(H + λI)u ≤ 0`` and
@@ -185,6 +208,10 @@ def newton_step(
                 f"params: method='dense' forms the {n}×{n} Hessian; expected at most "
                 f"{MAX_DENSE_PARAMS} parameters, got {n}. Use method='cg'."
             )
+        _check_f(f, params, args, data_chunk)
+        if n > DENSE_WARN_PARAMS:
+            itemsize = jnp.result_type(*jax.tree.leaves(params)).itemsize
+            warnings.warn(_dense_cost_message(n, itemsize), CostWarning, stacklevel=2)
         new, residual = _dense_newton(f, params, damping, args, data_chunk)
         residual = float(residual)
         # A singular H + λI gives Inf/NaN from the solve: never a converged step.
@@ -193,6 +220,7 @@ def newton_step(
         converged = finite and residual <= max(tol, 1e3 * eps)
         return NewtonResult(new, 0, residual, converged, False)
     cg_iters = n if cg_iters is None else check_positive_int("cg_iters", cg_iters)
+    _check_f(f, params, args, data_chunk)
     new, iterations, residual, neg = _cg_newton(f, params, damping, cg_iters, tol, args, data_chunk)
     residual = float(residual)
     return NewtonResult(new, int(iterations), residual, residual <= tol, bool(neg))

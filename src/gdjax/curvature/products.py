@@ -21,15 +21,17 @@ chunking mechanism every curvature function uses.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from gdjax import losses, models
+from gdjax import _jit, losses, models
 from gdjax._checks import check_finite_args, check_float_tree, dtype_of, shape_of
 from gdjax._chunks import check_data_chunk, chunked_mean
 from gdjax.losses import Loss
@@ -99,6 +101,94 @@ def _check_key(key) -> None:
             raise ValueError(f"key: expected a PRNG key from jax.random.key(seed), got {key!r}.")
 
 
+_F_HINT = (
+    "The curvature functions take the cost as a scalar function f(params, *args), e.g. "
+    "f = gdjax.objective(model, loss) with args = (x, y)."
+)
+
+
+def _check_f(f, params: PyTree, args: tuple, data_chunk: int | None = None) -> None:
+    """``f`` is callable as ``f(params, *args)`` and returns a floating scalar.
+
+    Reads ``f``'s signature and its abstract output (``jax.eval_shape``: traced,
+    never compiled), so a wrong ``f`` or missing data arguments are named before
+    anything compiles. The output check is cached on ``f`` and the shapes of the
+    inputs. With ``data_chunk`` (already checked) ``f`` is traced on one chunk's
+    rows, as the computation will call it.
+    """
+    if not callable(f):
+        raise ValueError(
+            f"f: expected a callable f(params, *args), got {type(f).__name__}. {_F_HINT}"
+        )
+    try:
+        unbound = _bind_error(f, len(args))
+    except TypeError:  # f is not hashable
+        unbound = _bind_error.__wrapped__(f, len(args))
+    if unbound is not None:
+        raise ValueError(f"args: {unbound}. {_F_HINT}")
+    if data_chunk is not None:
+        data = _data_args(f, args)
+        head = tuple(args[: len(args) - len(data)])
+        args = head + tuple(jax.tree.map(lambda a: _chunk_spec(a, data_chunk), d) for d in data)
+    got = _output_of(f, params, args)
+    if got is not None:
+        raise ValueError(
+            f"f: expected f(params, *args) to return a floating scalar (the cost C), "
+            f"got {got}. {_F_HINT}"
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _bind_error(f, num_args: int) -> str | None:
+    """Why ``f(params, *args)`` with ``num_args`` args does not fit f's signature (or None)."""
+    try:
+        signature = inspect.signature(f)
+    except (TypeError, ValueError):  # builtins and some C callables have none
+        return None
+    try:
+        signature.bind(*[None] * (1 + num_args))
+    except TypeError as err:
+        names = ", ".join(signature.parameters)
+        return (
+            f"f({names}) cannot be called as f(params, *args) with the {num_args} data "
+            f"argument(s) given: {err}"
+        )
+    return None
+
+
+def _chunk_spec(a, k: int) -> jax.ShapeDtypeStruct:
+    shape = shape_of(a)
+    return jax.ShapeDtypeStruct((min(k, shape[0]), *shape[1:]), dtype_of(a))
+
+
+def _output_of(f, params: PyTree, args: tuple) -> str | None:
+    """What is wrong with ``f``'s abstract output (``None``: a floating scalar)."""
+    leaves, treedef = jax.tree.flatten((params, args))
+    if all(isinstance(leaf, jax.Array | np.ndarray | jax.ShapeDtypeStruct) for leaf in leaves):
+        spec = tuple((leaf.shape, np.dtype(leaf.dtype)) for leaf in leaves)
+        try:
+            return _cached_output(f, treedef, spec)
+        except TypeError:  # f is not hashable
+            pass
+    return _abstract_output(f, params, args)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_output(f, treedef, spec) -> str | None:
+    structs = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in spec]
+    params, args = jax.tree.unflatten(treedef, structs)
+    return _abstract_output(f, params, args)
+
+
+def _abstract_output(f, params, args) -> str | None:
+    out = jax.eval_shape(lambda p, a: f(p, *a), params, tuple(args))
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        return f"a {type(out).__name__} with {len(jax.tree.leaves(out))} leaves"
+    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        return f"shape {out.shape} and dtype {out.dtype}"
+    return None
+
+
 def _tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
@@ -121,11 +211,16 @@ def hvp(
 
     computed exactly by forward-mode differentiation (``jax.jvp``) of the
     reverse-mode gradient (``jax.grad``): about the cost of two gradients, and
-    H is never formed. Works on any params pytree and under ``jax.jit``
-    (``jax.jit(hvp, static_argnums=0)``).
+    H is never formed. Works on any params pytree. Called eagerly it compiles
+    itself once per ``f`` (by identity: build ``f`` once) and input shapes, so a
+    later call costs one dispatch; inside ``jax.jit``/``vmap``/``grad`` it is
+    traced as part of the caller.
 
     Args:
-      f: scalar function ``f(params, *args)``, e.g. ``gdjax.objective(model, loss)``.
+      f: scalar function ``f(params, *args)``, e.g. ``gdjax.objective(model, loss)``;
+        one that is not callable, does not take ``len(args)`` data arguments or
+        does not return a floating scalar is refused (a ``ValueError`` naming
+        ``f`` or ``args``) before anything compiles.
       params: θ, the point at which H is taken.
       v: the vector, a pytree with the structure and shapes of ``params``.
       *args: further arguments of ``f`` (e.g. ``x, y``), held fixed.
@@ -156,10 +251,16 @@ def hvp(
     _check_like("v", v, params)
     check_finite_args(args)
     data_chunk = _check_data_chunk(data_chunk, f, args)
+    _check_f(f, params, args, data_chunk)
     if data_chunk is not None:
         flat, unravel = ravel_pytree(params)
         u = ravel_pytree(v)[0].astype(flat.dtype)
         return unravel(_jit_chunked_hvp(f, data_chunk, params, args, u))
+    return _jit.call(_hvp_body, (f,), params, v, tuple(args))
+
+
+def _hvp_body(f, params, v, args):
+    """``Hv`` by forward-over-reverse: ``jvp`` of ``grad f`` at θ along v."""
     return jax.jvp(lambda p: jax.grad(f)(p, *args), (params,), (v,))[1]
 
 
@@ -246,6 +347,11 @@ def gnvp(
     model, loss = models.as_model(model), models.as_loss(loss)
     models.check_batch(model, loss, params, x, y)
     _check_like("v", v, params)
+    return _jit.call(_gnvp_body, (model, loss), params, v, x, y)
+
+
+def _gnvp_body(model, loss, params, v, x, y):
+    """``Jᵀ H_out J v``: one jvp and one vjp through ``model.apply``, ``H_out`` by hand."""
 
     def apply(p):
         return model.apply(p, x)
@@ -339,6 +445,14 @@ def _apply_operator(operator, u):
     return operator(u)
 
 
+@jax.jit
+def _apply_tree_operator(operator, params, v):
+    """``Hv`` as a params pytree: ravel v, apply, unravel, in one compiled call (only
+    the structure and dtype of ``params`` are read)."""
+    flat, unravel = ravel_pytree(params)
+    return unravel(operator(ravel_pytree(v)[0].astype(flat.dtype)))
+
+
 def hvp_operator(
     f: Callable[..., jax.Array], params: PyTree, *args: Any, data_chunk: int | None = None
 ) -> Callable[[PyTree], PyTree]:
@@ -381,11 +495,11 @@ def hvp_operator(
     _check_params(params)
     check_finite_args(args)
     data_chunk = _check_data_chunk(data_chunk, f, args)
-    flat, unravel = ravel_pytree(params)
+    _check_f(f, params, args, data_chunk)
     operator = _jit_flat_hvp_operator(f, params, args, data_chunk)
 
     def product(v: PyTree) -> PyTree:
         _check_like("v", v, params)
-        return unravel(_apply_operator(operator, ravel_pytree(v)[0].astype(flat.dtype)))
+        return _apply_tree_operator(operator, params, v)
 
     return product

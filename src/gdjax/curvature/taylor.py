@@ -27,6 +27,7 @@ from gdjax._checks import check_finite_args, check_finite_number
 from gdjax.curvature.layers import _block_lambda_max, _layer_index, _restrict
 from gdjax.curvature.products import (
     _check_data_chunk,
+    _check_f,
     _check_key,
     _check_like,
     _check_params,
@@ -208,6 +209,7 @@ def taylor_step(
     if key is not None:
         _check_key(key)
     data_chunk = _check_data_chunk(data_chunk, f, args)
+    _check_f(f, params, args, data_chunk)
 
     dtype = jnp.result_type(*jax.tree.leaves(params))
     if direction is None:
