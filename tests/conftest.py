@@ -20,6 +20,9 @@ import os
 import jax
 
 jax.config.update("jax_enable_x64", True)
+# Scripts the tests run (in-process or as children) keep no persistent compilation
+# cache in the user's ~/.cache; tests/test_as_called.py tests the cache itself.
+os.environ.setdefault("GDJAX_COMPILE_CACHE", "0")
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
