@@ -7,6 +7,7 @@ same shapes compiles nothing. Inside a user's ``jit``/``vmap``/``grad`` the
 un-jitted body runs (nothing is added to gdjax's cache of compiled bodies).
 """
 
+import importlib
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from gdjax.mlp import MLP
 MODEL = MLP((3, 5, 2), activation="tanh")
 LOSS = "mse"
 F = gdjax.objective(MODEL, LOSS)  # built once, as the docs ask
+BACKPROP = importlib.import_module("gdjax.backprop")  # the module (gdjax.backprop: the function)
 
 
 def _problem(seed: int):
@@ -55,6 +57,13 @@ SELF_JITTED = {
     "jacobian_products": lambda p, x, y, v: jacobians.jacobian_products(MODEL, p, x),
     "input_output_jacobian": lambda p, x, y, v: jacobians.input_output_jacobian(MODEL, p, x),
     "jacobian_singular_values": lambda p, x, y, v: jacobians.jacobian_singular_values(MODEL, p, x),
+    # the forward pass, the losses and the hand backprop themselves
+    "MLP.apply": lambda p, x, y, v: MODEL.apply(p, x),
+    "MLP.trace": lambda p, x, y, v: MODEL.trace(p, x),
+    "Loss.__call__": lambda p, x, y, v: gdjax.losses.get(LOSS)(x[:, :2], y),
+    "objective": lambda p, x, y, v: F(p, x, y),
+    "backprop": lambda p, x, y, v: gdjax.backprop(MODEL, LOSS, p, x, y),
+    "backprop_with_deltas": lambda p, x, y, v: gdjax.backprop_with_deltas(MODEL, LOSS, p, x, y),
 }
 
 # Functions built on jitted kernels of their own (host loops, linearised operators): they
@@ -261,3 +270,21 @@ def test_enable_compile_cache_sets_jax_config(tmp_path, monkeypatch):
     assert got == dict(zip(names, (str(tmp_path / "c"), 0.0, 0), strict=True))
     monkeypatch.setenv("GDJAX_CACHE_DIR", str(tmp_path / "root"))
     assert cli.compile_cache_dir() == tmp_path / "root" / "jax-cache"
+
+
+@pytest.mark.parametrize(
+    "name, body",
+    [
+        ("MLP.apply", gdjax.mlp._output),
+        ("MLP.trace", gdjax.mlp._forward),
+        ("Loss.__call__", gdjax.losses._value),
+        ("objective", BACKPROP._cost),
+        ("backprop", BACKPROP._backprop_with_deltas),
+        ("backprop_with_deltas", BACKPROP._backprop_with_deltas),
+    ],
+)
+def test_forward_losses_and_backprop_run_one_compiled_program(name, body):
+    """Called eagerly they run one cached jit of their body, not one dispatch per op."""
+    _jit.clear()
+    jax.block_until_ready(SELF_JITTED[name](*_problem(0)))
+    assert any(key[0] is body for key in _jit._cache), name

@@ -17,6 +17,9 @@ tanh uses to skip a division) and ``Loss.grad``.
 
 ``backprop`` works under ``jax.jit`` with ``model`` and ``loss`` static and
 returns the same pytree as ``jax.value_and_grad(objective(model, loss))``.
+Called eagerly, ``backprop``, ``backprop_with_deltas``, ``deltas`` and
+``objective``'s f check their inputs and then run one program compiled once
+per (model, loss) and shapes (:mod:`gdjax._jit`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from gdjax import losses
+from gdjax import _jit, losses
 from gdjax._checks import check_finite, check_num_examples, shape_of
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
@@ -81,9 +84,14 @@ def objective(model: MLP, loss: str | Loss) -> Callable[[Params, jax.Array, jax.
 
     def f(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
         check_batch(model, loss, params, x, y)
-        return loss.fn(model.apply(params, x), y)
+        return _jit.call(_cost, (model, loss), params, x, y)
 
     return f
+
+
+def _cost(model: MLP, loss: Loss, params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+    """C(a^L(x; params), y), unchecked: the body :func:`objective`'s f compiles."""
+    return loss.fn(model.apply(params, x), y)
 
 
 def backprop_with_deltas(
@@ -97,6 +105,13 @@ def backprop_with_deltas(
     """
     loss = losses.get(loss)
     check_batch(model, loss, params, x, y)
+    return _jit.call(_backprop_with_deltas, (model, loss), params, x, y)
+
+
+def _backprop_with_deltas(
+    model: MLP, loss: Loss, params: Params, x: jax.Array, y: jax.Array
+) -> tuple[jax.Array, Params, list[jax.Array]]:
+    """The δ recursion of :func:`backprop_with_deltas`, its inputs already checked."""
     zs, acts = model.trace(params, x)
     value = loss.fn(acts[-1], y)
 

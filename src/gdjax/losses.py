@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax import _jit
 from gdjax._checks import check_finite, is_concrete
 
 __all__ = ["Loss", "get", "names"]
@@ -76,7 +77,12 @@ class Loss:
         self.check(tuple(np.shape(pred)), y)
         check_finite("pred", pred)
         check_finite("y", y)
-        return self.fn(pred, y)
+        return _jit.call(_value, (self,), pred, y)
+
+
+def _value(loss: Loss, pred: jax.Array, y: jax.Array) -> jax.Array:
+    """``loss.fn(pred, y)``: what :meth:`Loss.__call__` compiles once per loss and shapes."""
+    return loss.fn(pred, y)
 
 
 def _shape_of(y) -> tuple[int, ...]:

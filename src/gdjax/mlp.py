@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax import activations
+from gdjax import _jit, activations
 from gdjax._checks import (
     check_finite,
     check_key,
@@ -190,8 +190,13 @@ class MLP:
         return params
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
-        """The network output ``a^L`` for a batch ``x`` of shape ``(batch, n_0)``."""
-        return self.trace(params, x)[1][-1]
+        """The network output ``a^L`` for a batch ``x`` of shape ``(batch, n_0)``.
+
+        Called eagerly it compiles once per model and shapes (:mod:`gdjax._jit`);
+        inside a user's ``jit``/``vmap``/``grad`` it is traced as part of theirs.
+        """
+        self._check_call(params, x)
+        return _jit.call(_output, (self,), params, x)
 
     def trace(self, params: Params, x: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
         """Every pre-activation and activation of the forward pass.
@@ -204,20 +209,16 @@ class MLP:
           ``(zs, acts)``: ``zs[l-1] = z^l`` of shape ``(batch, n_l)`` for
           l = 1 … L, and ``acts[l] = a^l`` for l = 0 … L (``acts[0]`` is ``x``).
         """
+        self._check_call(params, x)
+        return _jit.call(_forward, (self,), params, x)
+
+    def _check_call(self, params: Params, x: jax.Array) -> None:
         self.check_params(params)
         self.check_input(x)
         check_finite("x", x)  # concrete arrays only: free under jit
         for layer, p in enumerate(params):
             for name in ("w", "b"):
                 check_finite(f"params[{layer}][{name!r}]", p[name])
-        a = jnp.asarray(x, dtype=jnp.result_type(params[0]["w"]))
-        zs, acts = [], [a]
-        for layer, p in enumerate(params):
-            z = a @ p["w"].T + p["b"]
-            a = self.activation_of(layer).fn(z)
-            zs.append(z)
-            acts.append(a)
-        return zs, acts
 
     def check_input(self, x) -> None:
         """Raise ``ValueError`` unless ``x`` has shape ``(batch, sizes[0])``."""
@@ -266,3 +267,19 @@ class MLP:
                         f"params[{layer}]['{name}']: expected the dtype of params[0]['w'] "
                         f"({dtype_of(params[0]['w'])}) in every leaf, got {dtype}."
                     )
+
+
+def _forward(model: MLP, params: Params, x: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
+    """``(zs, acts)`` of :meth:`MLP.trace`, unchecked: z^l = a^{l-1} (w^l)ᵀ + b^l, a^l = σ(z^l)."""
+    a = jnp.asarray(x, dtype=jnp.result_type(params[0]["w"]))
+    zs, acts = [], [a]
+    for layer, p in enumerate(params):
+        z = a @ p["w"].T + p["b"]
+        a = model.activation_of(layer).fn(z)
+        zs.append(z)
+        acts.append(a)
+    return zs, acts
+
+
+def _output(model: MLP, params: Params, x: jax.Array) -> jax.Array:
+    return _forward(model, params, x)[1][-1]
