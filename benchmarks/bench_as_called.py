@@ -139,6 +139,24 @@ def cases(p: dict[str, Any]) -> dict[str, Callable[[], tuple[Callable, Callable 
         return (lambda: curvature.top_eigenvalues(f, params, 1, x, y, key=key, tol=1e-3)
                 .eigenvalues, None)  # fmt: skip
 
+    def apply():
+        j = jit(lambda q, a: model.apply(q, a))
+        return lambda: model.apply(params, x), lambda: j(params, x)
+
+    def cost():
+        return lambda: f(params, x, y), lambda: jf(params, x, y)
+
+    def loss_call():
+        loss, out = gdjax.losses.get(LOSS), model.apply(params, x)
+        j = jit(lambda o, b: loss(o, b))
+        return lambda: loss(out, y), lambda: j(out, y)
+
+    def backprop():
+        j = jit(lambda q, a, b: gdjax.backprop(model, LOSS, q, a, b))
+        return lambda: gdjax.backprop(model, LOSS, params, x, y), lambda: j(params, x, y)
+
+    jf = jit(f)
+
     def sweep():
         d1 = landscape.filter_normalized_direction(jax.random.key(2), params)
         d2 = landscape.filter_normalized_direction(jax.random.key(3), params)
@@ -146,6 +164,10 @@ def cases(p: dict[str, Any]) -> dict[str, Callable[[], tuple[Callable, Callable 
         return lambda: landscape.sweep_2d(f, params, d1, d2, grid, grid, x, y), None
 
     return {
+        "MLP.apply": apply,
+        "objective f": cost,
+        "Loss(pred, y)": loss_call,
+        "backprop": backprop,
         "hvp": hvp,
         "hvp_operator product": operator,
         "gnvp": gnvp,
