@@ -299,15 +299,35 @@ def peers(quick: bool, repeats: int) -> list[Row]:
     crit = torch.nn.CrossEntropyLoss()
     rows: list[Row] = []
 
-    def time_it(label: str, fn, notes: str = "", warmup: int = 3) -> None:
+    ours = cases(p)
+
+    def time_it(label: str, fn, notes: str = "", warmup: int = 3, against: str = "") -> None:
+        """The peer's median time; with ``against``, interleaved with that gdjax case as
+        called (alternating which runs first in each round) and their per-round ratio."""
+        mine = None
+        if against:
+            gdjax_call = ours[against]()[0]
+
+            def mine():
+                return jax.block_until_ready(gdjax_call())
+
         for _ in range(warmup):
             fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t))
+            if mine:
+                mine()
+        times, gd = [], []
+        for r in range(repeats):
+            for which in ((0, 1) if r % 2 == 0 else (1, 0)) if mine else (0,):
+                t = time.perf_counter()
+                fn() if which == 0 else mine()
+                (times if which == 0 else gd).append(1e3 * (time.perf_counter() - t))
         rows.append(Row(SECTION, f"peer {label}", median(times), "ms", notes, times))
+        if mine:
+            ratios = [a / b for a, b in zip(gd, times, strict=True)]
+            rows.append(Row(SECTION, f"gdjax {against} as called, same rounds", median(gd), "ms",
+                            f"interleaved with {label}", gd))  # fmt: skip
+            rows.append(Row(SECTION, f"gdjax {against} / {label}", median(ratios), "ratio",
+                            "median of per-round ratios (< 1: gdjax faster)", ratios))  # fmt: skip
 
     net = fresh_net()
     params = list(net.parameters())
@@ -322,7 +342,7 @@ def peers(quick: bool, repeats: int) -> list[Row]:
     def reused_hvp():
         return torch.autograd.grad(grads, params, vs, retain_graph=True)
 
-    time_it("torch full HVP", full_hvp)
+    time_it("torch full HVP", full_hvp, against="hvp")
     time_it("torch HVP, reused graph", reused_hvp)
     try:
         from backpack import backpack, extend
@@ -336,7 +356,7 @@ def peers(quick: bool, repeats: int) -> list[Row]:
                 bcrit(bnet(x), y).backward()
             return [q.grad_batch for q in bnet.parameters()]
 
-        time_it("BackPACK BatchGrad", batch_grad)
+        time_it("BackPACK BatchGrad", batch_grad, against="per_example_grads")
     except ImportError:
         rows.append(Row(SECTION, "peer BackPACK", None, "-", "backpack-for-pytorch not installed"))
     try:
@@ -348,7 +368,13 @@ def peers(quick: bool, repeats: int) -> list[Row]:
             return hessian(hnet, crit, data=(x, y), cuda=False).eigenvalues(top_n=1, tol=1e-3)
 
         values, _ = top()
-        time_it("PyHessian eigenvalues top_n=1 tol=1e-3", top, f"lambda_max={values[0]:.6g}", 1)
+        time_it(
+            "PyHessian eigenvalues top_n=1 tol=1e-3",
+            top,
+            f"lambda_max={values[0]:.6g}",
+            1,
+            against="top_eigenvalues k=1 tol=1e-3",
+        )
     except ImportError:
         rows.append(Row(SECTION, "peer PyHessian", None, "-", "pyhessian not installed"))
     try:
@@ -367,6 +393,7 @@ def peers(quick: bool, repeats: int) -> list[Row]:
             plane,
             "layer-normalised (filter divides by the zero biases)",
             1,
+            against="sweep_2d 21x21",
         )
     except ImportError:
         rows.append(Row(SECTION, "peer loss-landscapes", None, "-", "not installed"))

@@ -223,7 +223,7 @@ BAD = {
     ),
     "params with a non-array leaf": (
         {"params": lambda p, x, y: {**p, "act": jnp.tanh}},
-        r"params\['act'\]: expected a floating array, got object.*eqx.partition",
+        r"params\['act'\]: expected a floating array, got PjitFunction.*eqx.partition",
     ),
     "a loss that is not a scalar": (
         {"loss": lambda out, y: out},
