@@ -3,6 +3,7 @@
     python scripts/batch_noise.py                     # writes results/batch_noise/
     python scripts/batch_noise.py --epochs 0          # at initialisation
     python scripts/batch_noise.py --data moons --hidden 16,16 --no-progress
+    python scripts/batch_noise.py runs/digits-…       # at a run's trained params
 
 A (64, 32, 10) tanh MLP on scikit-learn's 8×8 digits (gdjax.data.digits,
 N = 1437 training images), trained for --epochs full-batch Adam steps. From one
@@ -14,7 +15,9 @@ size B, --samples minibatches drawn without replacement measure ‖g_B − G‖�
 E‖g_B − G‖² = (tr Σ / B)(N − B)/(N − 1) within its standard error. Writes
 batch_noise.png and batch_noise.json to --out. --data picks another built-in
 data set (its own loss), --hidden/--activation the MLP; training shows a
-progress bar unless --no-progress. Always float64 (there is no --float64: the
+progress bar unless --no-progress. Given a run directory from scripts/train.py,
+it measures at that run's trained params on the data it was trained on (writing
+to RUN_DIR/batch_noise unless --out). Always float64 (there is no --float64: the
 variance sums need it).
 """
 
@@ -38,12 +41,18 @@ from gdjax import MLP, cli, data, per_example, plots, runs, train  # noqa: E402
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = cli.parser(__doc__)
+    p.add_argument(
+        "run_dir",
+        nargs="?",
+        help="a run directory from scripts/train.py: measure at its trained params, on its "
+        "data (no further training; --data, --hidden, --activation, --epochs are not used)",
+    )
     cli.add_data_option(p, default="digits")
     cli.add_model_options(p, hidden="32", activation="tanh")
     p.add_argument("--epochs", type=int, default=10, help="full-batch Adam steps before measuring")
     p.add_argument("--samples", type=int, default=100, help="minibatches per batch size")
     p.add_argument("--seed", type=int, default=0)
-    cli.add_output_options(p, out="results/batch_noise")
+    cli.add_output_options(p, out=None)
     cli.add_progress_option(p)
     return p.parse_args(argv)
 
@@ -97,17 +106,35 @@ def figure(record: dict, title: str) -> Figure:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    out = Path(args.out)
+    if args.run_dir and not (Path(args.run_dir) / runs.META_FILE).is_file():
+        raise SystemExit(
+            f"run_dir: expected a run directory from scripts/train.py (with {runs.META_FILE}), "
+            f"got {args.run_dir}"
+        )
+    default_out = Path(args.run_dir) / "batch_noise" if args.run_dir else "results/batch_noise"
+    out = Path(args.out or default_out)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
-    ds = data.from_config(
-        {"data": args.data, "seed": args.seed, "data_kwargs": {"dtype": jnp.float64}}
-    )
-    x, y, loss = ds.x, ds.y, ds.loss
-    model = MLP((ds.num_inputs, *cli.parse_hidden(args.hidden), ds.num_outputs), args.activation)
     init_key, fit_key, sample_key = jax.random.split(key, 3)
-    params = model.init(init_key, dtype=jnp.float64)
-    if args.epochs > 0:
+    if args.run_dir:  # the trained run, measured in float64 on the data it was trained on
+        run = runs.load_run(args.run_dir)
+        config = {**run.config}
+        config["data_kwargs"] = {**config.get("data_kwargs", {}), "dtype": jnp.float64}
+        ds = data.from_config(config)
+        model, loss, epochs = run.model, run.config["loss"], 0
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), run.params)
+        args.data, args.activation = run.config["data"], model.activation.name
+    else:
+        ds = data.from_config(
+            {"data": args.data, "seed": args.seed, "data_kwargs": {"dtype": jnp.float64}}
+        )
+        loss, epochs = ds.loss, args.epochs
+        hidden = cli.parse_hidden(args.hidden)
+        model = MLP((ds.num_inputs, *hidden, ds.num_outputs), args.activation)
+        params = model.init(init_key, dtype=jnp.float64)
+    x, y = ds.x, ds.y
+    args.epochs = epochs
+    if epochs > 0:
         params = train.fit(
             model, loss, "adam", (x, y), epochs=args.epochs, key=fit_key, params=params,
             learning_rate=1e-2, eval_every=0, progress=not args.no_progress,
@@ -135,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": runs.model_to_dict(model),
         "loss": loss,
         "epochs": args.epochs,
+        "run_dir": args.run_dir,
         "num_examples": n,
         "samples_per_batch_size": args.samples,
         "grad_norm_sq": noise.grad_norm_sq,
@@ -146,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         "measured_stderr": stderrs,
         "z_scores": z,
     }
+    trained = f"the run {args.run_dir}" if args.run_dir else f"{args.epochs} Adam steps"
     title = (
         f"minibatch gradient noise, MLP{model.sizes} {args.activation} on {args.data} after "
-        f"{args.epochs} "
-        f"Adam steps: tr Σ = {noise.trace_cov:.3g}, ‖G‖² = {noise.grad_norm_sq:.3g}, "
+        f"{trained}: tr Σ = {noise.trace_cov:.3g}, ‖G‖² = {noise.grad_norm_sq:.3g}, "
         f"B_simple = {noise.b_simple:.3g}"
     )
     plots.save(figure(record, title), out / f"batch_noise.{args.format}")

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+import gdjax
 from gdjax import runs
 from gdjax.train import DivergedWarning
 
@@ -252,6 +253,24 @@ def test_batch_noise_script_takes_data_hidden_and_shows_progress(tmp_path, capsy
     assert record["loss"] == "sigmoid_binary_cross_entropy"  # the data set's own loss
     assert record["model"]["sizes"] == [2, 4, 1] and record["num_examples"] == 160
     assert _bar_shown(capsys.readouterr().err)  # training shows progress by default
+
+
+def test_batch_noise_script_measures_a_trained_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["--data", "moons", "--hidden", "5", "--epochs", "3", "--no-progress"]
+    assert _load_script("train").main([*argv, "--out", str(run_dir)]) == 0
+    run = runs.load_run(run_dir)
+    script = _load_script("batch_noise")
+    assert script.main([str(run_dir), "--samples", "3", "--no-progress"]) == 0
+    record = json.loads((run_dir / "batch_noise" / "batch_noise.json").read_text())
+    assert record["model"] == runs.model_to_dict(run.model) and record["epochs"] == 0
+    assert record["run_dir"] == str(run_dir) and record["loss"] == run.config["loss"]
+    ds = gdjax.data.from_config({**run.config, "data_kwargs": {"dtype": np.float64}})
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), run.params)
+    want = gdjax.per_example.gradient_noise(run.model, run.config["loss"], params, ds.x, ds.y)
+    np.testing.assert_allclose(record["trace_cov"], want.trace_cov, rtol=1e-12)
+    with pytest.raises(SystemExit, match="run_dir: expected a run directory"):
+        script.main([str(tmp_path), "--no-progress"])
 
 
 def test_taylor_script_trains_its_default_model_on_data_hidden_float64(monkeypatch):
