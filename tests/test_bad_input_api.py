@@ -577,3 +577,25 @@ def test_a_short_run_does_not_warn():
 )
 def test_durations_read_as_a_person_would_say_them(seconds, text):
     assert loop._duration(seconds) == text
+
+
+def test_a_jax_array_found_finite_is_not_read_again_but_a_numpy_array_is():
+    """check_finite remembers immutable jax.Arrays it found finite (by identity, while
+    they live); a NumPy array can change in place, so it is read on every check."""
+    from gdjax import _checks
+
+    x = jax.numpy.ones(4)
+    _checks.check_finite("x", x)
+    assert _checks._FINITE.get(id(x)) is x
+    bad = jax.numpy.array([1.0, np.nan])
+    with pytest.raises(ValueError, match="x: expected finite values, got 1 NaN"):
+        _checks.check_finite("x", bad)
+    assert _checks._FINITE.get(id(bad)) is None  # a refused array is not remembered
+    arr = np.ones(3)
+    _checks.check_finite("y", arr)
+    arr[1] = np.inf  # changed in place after a check: still refused
+    with pytest.raises(ValueError, match="y: expected finite values, got 1 NaN or infinite"):
+        _checks.check_finite("y", arr)
+    key = id(x)
+    del x
+    assert key not in _checks._FINITE  # forgotten with the array

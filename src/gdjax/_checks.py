@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -58,14 +59,29 @@ def check_num_examples(x, y) -> None:
         )
 
 
+# JAX arrays already read and found finite, by id, while they live: a jax.Array is
+# immutable, so the same object needs no second read (NumPy arrays can change: read
+# every time). Functions called again on the same params and data skip the copy to
+# the host and the scan, which dominate a small call's checks.
+_FINITE: weakref.WeakValueDictionary[int, jax.Array] = weakref.WeakValueDictionary()
+
+
 def check_finite(name: str, x) -> None:
-    """A concrete floating array must hold no NaN or ±Inf (tracers and integers pass)."""
+    """A concrete floating array must hold no NaN or ±Inf (tracers and integers pass).
+
+    A ``jax.Array`` found finite once is not read again while it lives.
+    """
     if x is None or not is_concrete(x):
+        return
+    immutable = isinstance(x, jax.Array)
+    if immutable and _FINITE.get(id(x)) is x:
         return
     values = np.asarray(x)
     if jnp.issubdtype(values.dtype, jnp.inexact) and not np.all(np.isfinite(values)):
         bad = int(values.size - np.count_nonzero(np.isfinite(values)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite entries.")
+    if immutable:
+        _FINITE[id(x)] = x
 
 
 def dtype_of(x) -> np.dtype | None:
