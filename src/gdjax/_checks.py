@@ -59,6 +59,16 @@ def check_num_examples(x, y) -> None:
         )
 
 
+def check_examples(x, y) -> None:
+    """x holds at least one example (row), and y as many as x."""
+    if not shape_of(x) or shape_of(x)[0] == 0:
+        raise ValueError(
+            f"x: expected at least one example (row): the cost is a mean over examples, "
+            f"got shape {shape_of(x)}."
+        )
+    check_num_examples(x, y)
+
+
 # JAX arrays already read and found finite, by id, while they live: a jax.Array is
 # immutable, so the same object needs no second read (NumPy arrays can change: read
 # every time). Functions called again on the same params and data skip the copy to

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from gdjax import _jit, losses
-from gdjax._checks import check_finite, check_num_examples, shape_of
+from gdjax._checks import check_examples, check_finite, shape_of
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
 
@@ -52,12 +52,7 @@ def check_batch(
         raise ValueError(f"loss: expected a gdjax.losses.Loss, got {type(loss).__name__}.")
     model.check_params(params)
     model.check_input(x)
-    if shape_of(x)[0] == 0:
-        raise ValueError(
-            f"x: expected at least one example (row): the cost is a mean over examples, "
-            f"got shape {shape_of(x)}."
-        )
-    check_num_examples(x, y)
+    check_examples(x, y)
     loss.check((shape_of(x)[0], model.sizes[-1]), y)
     check_finite("x", x)
     check_finite("y", y)

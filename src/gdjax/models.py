@@ -39,11 +39,10 @@ import numpy as np
 from gdjax import backprop, losses
 from gdjax._checks import (
     MODULE_HINT,
+    check_examples,
     check_finite,
-    check_num_examples,
     dtype_of,
     is_module,
-    shape_of,
 )
 from gdjax.losses import Loss
 from gdjax.mlp import MLP
@@ -189,12 +188,7 @@ def check_batch(model: Any, loss: Loss, params: PyTree, x, y, *, finite_params: 
                 f"params{jax.tree_util.keystr(path)}: expected a floating array, got {got}. "
                 f"{hint}".rstrip()
             )
-    if not shape_of(x) or shape_of(x)[0] == 0:
-        raise ValueError(
-            f"x: expected at least one example (row): the cost is a mean over examples, "
-            f"got shape {shape_of(x)}."
-        )
-    check_num_examples(x, y)
+    check_examples(x, y)
     check_finite("x", x)
     check_finite("y", y)
     if finite_params:

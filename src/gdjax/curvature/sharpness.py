@@ -15,6 +15,7 @@ import numpy as np
 
 from gdjax import models
 from gdjax._checks import (
+    check_examples,
     check_finite,
     check_finite_number,
     check_num_examples,
@@ -191,12 +192,7 @@ def track_sharpness(
         check_num_examples(x, y)
         loss.check((shape_of(x)[0], model.sizes[-1]), y)
     else:  # no params yet: apply's output is checked by objective's check_batch at the first call
-        if not shape_of(x) or shape_of(x)[0] == 0:
-            raise ValueError(
-                f"x: expected at least one example (row): the cost is a mean over examples, "
-                f"got shape {shape_of(x)}."
-            )
-        check_num_examples(x, y)
+        check_examples(x, y)
         check_finite("x", x)
         check_finite("y", y)
     tol = check_finite_number("tol", tol)
