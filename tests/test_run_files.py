@@ -302,6 +302,23 @@ def test_a_first_layout_run_is_replaced_whole_by_a_new_save(tmp_path, monkeypatc
     assert all((path / name).is_symlink() for name in runs.RUN_FILES)
 
 
+def test_without_symlinks_current_is_a_pointer_file_and_saves_still_switch(tmp_path, monkeypatch):
+    def no_symlinks(*args, **kwargs):
+        raise OSError(errno.EPERM, "symlinks not supported here")
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    path = tmp_path / "run"
+    _save(path, 0)
+    current = path / runs.CURRENT_LINK
+    assert current.is_file() and not current.is_symlink()
+    assert current.read_text().startswith(f"{runs.SAVES_DIR}/")
+    _assert_run_is(path, 0)
+    _save(path, 1)
+    _assert_run_is(path, 1)
+    assert len(list((path / runs.SAVES_DIR).iterdir())) == 1  # the old version removed
+    _no_leftovers(path)
+
+
 # ---------------------------------------------------------------- leftovers
 
 

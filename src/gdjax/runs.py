@@ -187,8 +187,8 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 def _write_new(path: Path, data: bytes) -> None:
     """Write ``data`` to the new file ``path`` (which must not exist) and fsync it.
 
-    For files inside a directory no reader looks at yet (a save's new version
-    directory): no temporary name is needed there.
+    For files no reader looks at yet: those of a save's new version directory
+    (no temporary name is needed there) and a temporary name itself.
     """
     fd = os.open(path, _TEMPORARY_FLAGS, 0o666)
     try:
@@ -1048,12 +1048,7 @@ def _point(link: Path, target: str) -> None:
         try:
             os.symlink(target, tmp)
         except (OSError, NotImplementedError):  # no symlinks here: a pointer file
-            fd = os.open(tmp, _TEMPORARY_FLAGS, 0o666)
-            try:
-                _write_all(fd, target.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_new(tmp, target.encode())
         os.replace(tmp, link)
     except BaseException:
         try:
