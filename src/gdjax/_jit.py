@@ -51,11 +51,13 @@ def has_tracer(tree: Any) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
-def _jittable(tree: Any) -> bool:
-    """Every leaf is an array or a number, so ``jax.jit`` can take it as an argument."""
+_ARGUMENT = jax.Array | np.ndarray | np.generic | int | float | complex | bool
+
+
+def _runs_jitted(leaves: list) -> bool:
+    """No leaf is a tracer and every leaf is an array or a number (``jax.jit`` takes it)."""
     return all(
-        isinstance(leaf, jax.Array | np.ndarray | np.generic | int | float | complex | bool)
-        for leaf in jax.tree.leaves(tree)
+        isinstance(leaf, _ARGUMENT) and not isinstance(leaf, jax.core.Tracer) for leaf in leaves
     )
 
 
@@ -87,7 +89,7 @@ def call(body: Callable, static: tuple, *dynamic: Any) -> Any:
       *dynamic: pytrees of arrays (params, data, vectors); their shapes and dtypes
         select the compiled program, their values are its inputs.
     """
-    if has_tracer(dynamic) or not _jittable(dynamic):
+    if not _runs_jitted(jax.tree.leaves(dynamic)):  # traced by the user's transformation
         return body(*static, *dynamic)
     fn = _compiled(body, static)
     if fn is None:
