@@ -38,7 +38,9 @@ def progress_shown(progress: bool) -> bool:
 
 
 def shape_of(x) -> tuple[int, ...]:
-    return tuple(np.shape(x))
+    """``x``'s shape; an array's own ``shape`` tuple is read as is (hot paths call this)."""
+    shape = getattr(x, "shape", None)
+    return shape if type(shape) is tuple else tuple(np.shape(x))
 
 
 def check_positive_int(name: str, value) -> int:

@@ -144,16 +144,6 @@ def _state_like(tx, treedef, leaf_specs, members: bool):
     )
 
 
-def _shape(a) -> tuple[int, ...]:
-    shape = getattr(a, "shape", None)
-    return shape if type(shape) is tuple else tuple(np.shape(a))
-
-
-def _dtype(a) -> np.dtype:
-    dtype = getattr(a, "dtype", None)
-    return dtype if isinstance(dtype, np.dtype) else np.dtype(dtype_of(a) or np.float32)
-
-
 def check_opt_state(tx, params, opt_state, *, members: bool = False) -> None:
     """Raise ``ValueError`` naming ``opt_state`` unless it has the structure and leaf
     shapes of ``tx.init(params)`` (found by ``jax.eval_shape``; nothing compiles).
@@ -166,10 +156,9 @@ def check_opt_state(tx, params, opt_state, *, members: bool = False) -> None:
     fix = "build it with optimizer.init(params) (step.optimizer.init(params) for make_step)"
     if opt_state is None:
         raise ValueError(f"opt_state: expected the optimizer's state; {fix}. Got None.")
-    # Called on every step of make_step's step: plain .shape/.dtype reads, paths only
-    # in the messages.
+    # Called on every step of make_step's step: paths only in the messages.
     leaves, treedef = jax.tree.flatten(params)
-    specs = tuple((_shape(a), _dtype(a)) for a in leaves)
+    specs = tuple((shape_of(a), dtype_of(a) or np.dtype(np.float32)) for a in leaves)
     expected = _state_like(tx, treedef, specs, members)
     if expected is None:
         return
@@ -183,7 +172,7 @@ def check_opt_state(tx, params, opt_state, *, members: bool = False) -> None:
             f"optimizer or of other params does not fit; {fix}."
         )
     for (path, want), leaf in zip(shapes, got_leaves, strict=True):
-        if _shape(leaf) != want:
+        if shape_of(leaf) != want:
             raise ValueError(
                 f"opt_state{path}: expected shape {tuple(want)}, as optimizer.init(params) "
                 f"gives for these params, got {shape_of(leaf)}; {fix}."
