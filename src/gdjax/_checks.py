@@ -212,11 +212,16 @@ def memory_limit() -> tuple[int | None, str]:
         device, stats = None, None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), f"the memory of {device.device_kind}"
+    total = host_memory()
+    return (None, "unknown") if total is None else (total, "this machine's physical memory")
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes (``os.sysconf``: pages × page size), or None."""
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
-        return None, "unknown"
-    return int(total), "this machine's physical memory"
+        return None
 
 
 def format_bytes(n: float) -> str:

@@ -144,6 +144,7 @@ from gdjax._checks import (
     check_finite,
     check_finite_args,
     check_positive_int,
+    host_memory,
     progress_shown,
     shape_of,
 )
@@ -280,18 +281,11 @@ _HOST_BYTES_PER_POINT_AXIS = 24  # float64 coefficients: the meshgrid, the stack
 _HOST_BYTES_PER_POINT = 8 + 8 + 1  # a float64 value, a pending index, the done flag
 
 
-def _host_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
 def _check_grid_memory(axes: list[np.ndarray]) -> None:
     """Refuse a grid whose host arrays alone would not fit in this machine's memory."""
     n_points = math.prod(a.size for a in axes)
     need = n_points * (_HOST_BYTES_PER_POINT + _HOST_BYTES_PER_POINT_AXIS * len(axes))
-    have = _host_memory()
+    have = host_memory()
     if have is not None and need > have:
         names = ", ".join(("alphas", "betas")[: len(axes)])
         sizes = " × ".join(f"{a.size:,}" for a in axes)
