@@ -121,10 +121,6 @@ def _init_dtype(dtype) -> jnp.dtype:
     return dt
 
 
-def _check_key(key) -> None:
-    check_key(key)
-
-
 def _layer(key, shape: tuple[int, ...], fan_in: int, fan_out: int, scheme: str, dtype) -> dict:
     """``{"w": shape, "b": (shape[0],)}`` drawn by ``scheme`` (module docstring)."""
     w_key, b_key = jax.random.split(key)
@@ -148,7 +144,7 @@ def _init(net, key, scheme: str, dtype) -> Params:
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"scheme: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}.")
     dtype = _init_dtype(dtype)
-    _check_key(key)
+    check_key(key)
     count = sum(math.prod(s["w"]) + math.prod(s["b"]) for s in net.param_shapes())
     check_memory(
         "net",

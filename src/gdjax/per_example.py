@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import _jit, losses
-from gdjax._checks import check_finite_number, check_positive_int, shape_of
+from gdjax._checks import check_finite_number, check_key, check_positive_int, shape_of
 from gdjax.backprop import check_batch
 from gdjax.losses import Loss
 from gdjax.mlp import MLP, Params
@@ -242,14 +242,6 @@ def _check_batch_size(name: str, batch_size, num_examples: int) -> None:
         )
 
 
-def _check_key(key) -> None:
-    """Raise ``ValueError`` unless ``key`` is a ``jax.random`` key."""
-    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-    if not (typed and key.shape == () or raw):
-        raise ValueError(f"key: expected a PRNG key from jax.random.key(seed), got {key!r}.")
-
-
 def minibatch_error(trace_cov, num_examples: int, batch_size) -> np.ndarray:
     """``E‖g_B − G‖² = (tr Σ / B)(N − B)/(N − 1)`` for B drawn without replacement.
 
@@ -433,7 +425,7 @@ def minibatch_errors(
         raise ValueError(f"batch_size: expected one integer, got {batch_size!r}.")
     _check_batch_size("batch_size", batch_size, shape_of(x)[0])
     num_samples = check_positive_int("num_samples", num_samples)
-    _check_key(key)
+    check_key(key)
     return _minibatch_errors_kernel(
         model, loss, params, jnp.asarray(x), jnp.asarray(y), int(batch_size), num_samples, key
     )

@@ -371,7 +371,7 @@ def fit(
     mesh = data_mesh(mesh)
     data, schedule = _check_data(data, batch_size, mesh)
     _check_total_steps(options["epochs"], schedule)
-    _check_key(key)
+    check_key(key)
     like = params if params is not None else jax.eval_shape(model.init, key)
     _check_batches(model, loss, like, data, given=params is not None)
     _check_first_order(tx, like)
@@ -836,10 +836,6 @@ def _check_schedule(schedule: _Schedule, n: int, mesh: Mesh | None) -> None:
         f"examples, r = {schedule.rest}. Choose B and n (e.g. drop examples) so that both "
         f"are multiples of {d}."
     )
-
-
-def _check_key(key) -> None:
-    check_key(key)
 
 
 def _check_first_order(tx: optax.GradientTransformation, like) -> None:
